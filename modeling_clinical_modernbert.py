@@ -1,0 +1,894 @@
+"""Clinical ModernBERT: an exact, unpadded ModernBERT for long clinical and biomedical text.
+
+Design choices, and why:
+
+1. **Unpad once.** The base model drops padding right after the token embedding and runs every layer on packed
+   `(total_tokens, hidden)` tensors described by `cu_seqlens` / `max_seqlen` (the flash-attention convention). Only
+   what the caller gets back is re-padded; task heads see ordinary `(batch, seq, hidden)` tensors. Padding therefore
+   costs nothing in the MLPs, which hold most of the FLOPs, on any backend.
+2. **Documents, not rows.** A "sequence" is a document. Rows that pack several documents (marked by `position_ids`
+   restarting at 0, or by an explicit `cu_seqlens`) never attend across documents, and RoPE positions restart.
+3. **One attention module, a table of backends.** `eager` is the readable reference; `sdpa` pads per document and
+   uses `scaled_dot_product_attention` with a sliding-window mask (CPU, fp32); `flash_attention_2` runs the varlen
+   FlashAttention-2 kernels of `flash_attn` when installed, else the ones PyTorch >= 2.10 ships in
+   `torch.nn.attention.varlen`. Nothing requires the `flash-attn` package.
+4. **Exact ModernBERT.** Module tree and parameter names are those of `transformers`' ModernBERT, so checkpoints
+   load in both directions; `transformers.ModernBertModel` with identical weights is our numerical oracle.
+
+The unpadding helpers follow `AnswerDotAI/ModernBERT` (`src/bert_layers/padding.py`, Apache-2.0) and
+`transformers/models/modernbert` (Apache-2.0). This file is Hub remote code: it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import logging
+
+try:  # Hub remote code: the config sits next to this file in the same dynamic package.
+    from .configuration_clinical_modernbert import ClinicalModernBertConfig
+except ImportError:  # Imported from a checkout, as a top-level module.
+    from configuration_clinical_modernbert import ClinicalModernBertConfig
+
+logger = logging.get_logger(__name__)
+
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+
+# Optional fast paths: guarded imports, the model always builds and runs without them.
+try:
+    from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
+except ImportError:  # torch < 2.10
+    _torch_varlen_attn = None
+
+_flash_attn_varlen_qkvpacked = None
+if importlib.util.find_spec("flash_attn") is not None:
+    try:
+        from flash_attn import flash_attn_varlen_qkvpacked_func as _flash_attn_varlen_qkvpacked
+    except Exception as error:  # a broken flash_attn build must not break the model
+        logger.warning(f"flash_attn is installed but failed to import ({error}); using torch kernels instead")
+
+_logged_once: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged_once:
+        _logged_once.add(message)
+        logger.info(message)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Unpadding
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedBatch:
+    """Where the real tokens of a batch live, and how they split into documents.
+
+    `indices` maps packed token t to its position in the flattened `(batch * seq_len)` input (None when the input
+    was already packed). `cu_seqlens` are the document boundaries in packed coordinates.
+    """
+
+    indices: torch.Tensor | None  # (total_tokens,) int64
+    cu_seqlens: torch.Tensor  # (num_docs + 1,) int32
+    max_seqlen: int
+    position_ids: torch.Tensor  # (total_tokens,) int64
+    batch_size: int
+    seq_len: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.position_ids.shape[0]
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """`(batch, seq_len, ...)` -> `(total_tokens, ...)`."""
+        flat = padded.reshape(self.batch_size * self.seq_len, *padded.shape[2:])
+        return flat if self.indices is None else flat.index_select(0, self.indices)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """`(total_tokens, ...)` -> `(batch, seq_len, ...)`, zeros at padding."""
+        if self.indices is None:
+            return packed.reshape(self.batch_size, self.seq_len, *packed.shape[1:])
+        flat = packed.new_zeros(self.batch_size * self.seq_len, *packed.shape[1:])
+        flat = flat.index_copy(0, self.indices, packed)
+        return flat.view(self.batch_size, self.seq_len, *packed.shape[1:])
+
+
+def _positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), seqlens, output_size=total)
+    return torch.arange(total, device=cu_seqlens.device) - starts
+
+
+def unpad_input(
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+) -> PackedBatch:
+    """Describe the real tokens of a batch as packed documents.
+
+    Three input forms:
+    - `cu_seqlens` given: the tokens are already packed (`batch_size * seq_len == cu_seqlens[-1]`).
+    - `position_ids` given: a new document starts at each row's first real token and wherever the position is 0.
+    - neither: one document per row; positions count real tokens, so left padding works too.
+    """
+    if cu_seqlens is not None:
+        if attention_mask is not None:
+            raise ValueError("pass either attention_mask or cu_seqlens, not both (cu_seqlens means no padding)")
+        cu_seqlens = cu_seqlens.to(device=device, dtype=torch.int32)
+        total = batch_size * seq_len
+        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens must be 1-D with >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        if position_ids is None:
+            positions = _positions_from_cu_seqlens(cu_seqlens, total)
+        else:
+            positions = position_ids.reshape(-1).to(device)
+        return PackedBatch(None, cu_seqlens, int(max_seqlen), positions, batch_size, seq_len)
+
+    if attention_mask is None:
+        mask = torch.ones(batch_size, seq_len, dtype=torch.bool, device=device)
+    else:
+        mask = attention_mask.to(device).bool()
+    real_per_row = mask.cumsum(1)
+    if position_ids is None:
+        position_ids = real_per_row - 1
+        starts = mask & (real_per_row == 1)
+    else:
+        position_ids = position_ids.to(device).expand(batch_size, seq_len)
+        starts = mask & ((real_per_row == 1) | (position_ids == 0))
+    indices = mask.flatten().nonzero().squeeze(1)  # (total_tokens,)
+    total = indices.shape[0]
+    doc_starts = starts.flatten().index_select(0, indices).nonzero().squeeze(1)  # (num_docs,)
+    cu_seqlens = torch.cat([doc_starts, doc_starts.new_tensor([total])]).to(torch.int32)
+    if max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if total else 0
+    positions = position_ids.flatten().index_select(0, indices)
+    return PackedBatch(indices, cu_seqlens, int(max_seqlen), positions, batch_size, seq_len)
+
+
+@dataclass
+class DocumentPadding:
+    """Per-document padding for the padded backends (sdpa, eager), built once per forward and shared by layers."""
+
+    dest: torch.Tensor  # (total_tokens,) int64: slot of each packed token in the (num_docs * max_seqlen) grid
+    key_mask: torch.Tensor  # (num_docs, max_seqlen) bool: real keys
+    num_docs: int
+    max_seqlen: int
+
+    @classmethod
+    def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int, total: int) -> DocumentPadding:
+        num_docs = cu_seqlens.shape[0] - 1
+        seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        doc_ids = torch.repeat_interleave(torch.arange(num_docs, device=cu_seqlens.device), seqlens, output_size=total)
+        offsets = torch.arange(total, device=cu_seqlens.device) - cu_seqlens[:-1].long()[doc_ids]
+        dest = doc_ids * max_seqlen + offsets
+        key_mask = torch.zeros(num_docs * max_seqlen, dtype=torch.bool, device=cu_seqlens.device)
+        key_mask[dest] = True
+        return cls(dest, key_mask.view(num_docs, max_seqlen), num_docs, max_seqlen)
+
+    def attention_mask(self, local_window: int | None) -> torch.Tensor:
+        """Boolean `(num_docs, 1, max_seqlen, max_seqlen)` mask: real keys, within the window on local layers."""
+        mask = self.key_mask[:, None, None, :]
+        if local_window is not None:
+            pos = torch.arange(self.max_seqlen, device=self.key_mask.device)
+            mask = mask & ((pos[:, None] - pos[None, :]).abs() <= local_window)
+        return mask
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """`(total_tokens, ...)` -> `(num_docs, max_seqlen, ...)`."""
+        grid = packed.new_zeros(self.num_docs * self.max_seqlen, *packed.shape[1:])
+        return grid.index_copy(0, self.dest, packed).view(self.num_docs, self.max_seqlen, *packed.shape[1:])
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded.reshape(self.num_docs * self.max_seqlen, *padded.shape[2:]).index_select(0, self.dest)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Attention backends: (qkv, context, layer) -> (total_tokens, heads, head_dim). `eager` is the reference.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionContext:
+    """Everything a layer needs to attend over the packed batch; built once per forward."""
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> (cos, sin), each (total_tokens, 1, head_dim)
+    padding: DocumentPadding | None = None  # built lazily by the padded backends
+    masks: dict | None = None
+
+    def document_padding(self) -> DocumentPadding:
+        if self.padding is None:
+            total = next(iter(self.rope.values()))[0].shape[0]
+            self.padding = DocumentPadding.build(self.cu_seqlens, self.max_seqlen, total)
+            self.masks = {}
+        return self.padding
+
+    def padded_mask(self, local_window: int | None) -> torch.Tensor:
+        padding = self.document_padding()
+        if local_window not in self.masks:
+            self.masks[local_window] = padding.attention_mask(local_window)
+        return self.masks[local_window]
+
+
+def eager_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
+    padding = ctx.document_padding()
+    q, k, v = padding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each (docs, heads, max_seqlen, head_dim)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * module.scale
+    scores = scores.masked_fill(~ctx.padded_mask(module.local_window), torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=module.dropout_p if module.training else 0.0, training=module.training)
+    out = torch.matmul(probs, v).transpose(1, 2)  # (docs, max_seqlen, heads, head_dim)
+    return padding.unpad(out)
+
+
+def sdpa_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
+    padding = ctx.document_padding()
+    q, k, v = padding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each (docs, heads, max_seqlen, head_dim)
+    out = F.scaled_dot_product_attention(
+        q, k, v,
+        attn_mask=ctx.padded_mask(module.local_window),
+        dropout_p=module.dropout_p if module.training else 0.0,
+        scale=module.scale,
+    )
+    return padding.unpad(out.transpose(1, 2))
+
+
+def varlen_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
+    window = (-1, -1) if module.local_window is None else (module.local_window, module.local_window)
+    if _flash_attn_varlen_qkvpacked is not None:
+        return _flash_attn_varlen_qkvpacked(
+            qkv, ctx.cu_seqlens, ctx.max_seqlen,
+            dropout_p=module.dropout_p if module.training else 0.0,
+            softmax_scale=module.scale,
+            causal=False,
+            window_size=window,
+            deterministic=module.deterministic,
+        )
+    q, k, v = qkv.unbind(1)  # each (total_tokens, heads, head_dim)
+    return _torch_varlen_attn(
+        q, k, v, ctx.cu_seqlens, ctx.cu_seqlens, ctx.max_seqlen, ctx.max_seqlen, scale=module.scale, window_size=window
+    )
+
+
+ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_attention_2": varlen_attention}
+
+
+def varlen_available() -> bool:
+    """True when an unpadded FlashAttention-2 kernel (flash_attn or torch's) can run on a CUDA device."""
+    return torch.cuda.is_available() and (_flash_attn_varlen_qkvpacked is not None or _torch_varlen_attn is not None)
+
+
+def resolve_attention_backend(requested: str, qkv: torch.Tensor, training_dropout: bool) -> str:
+    """The backend that runs for this call: `requested`, with `"auto"` made concrete."""
+    kernel_ok = qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16) and varlen_available()
+    if requested == "auto":
+        # torch's varlen kernel has no dropout; attention dropout is 0 in ModernBERT, so this is rarely hit.
+        use_varlen = kernel_ok and not (training_dropout and _flash_attn_varlen_qkvpacked is None)
+        requested = "flash_attention_2" if use_varlen else "sdpa"
+    elif requested == "flash_attention_2":
+        if not kernel_ok:
+            raise ValueError(
+                "attention_backend='flash_attention_2' needs a CUDA device, fp16/bf16 activations and either the "
+                f"flash_attn package or torch >= 2.10 (got device={qkv.device}, dtype={qkv.dtype}, "
+                f"torch={torch.__version__}); use attention_backend='auto' or 'sdpa'"
+            )
+        if training_dropout and _flash_attn_varlen_qkvpacked is None:
+            raise ValueError("torch's varlen attention has no dropout: set attention_dropout=0 or install flash_attn")
+    kernel = "flash_attn" if _flash_attn_varlen_qkvpacked is not None else "torch.nn.attention.varlen"
+    _log_once(f"Clinical ModernBERT attention backend: {requested}" + (
+        f" ({kernel})" if requested == "flash_attention_2" else ""))
+    return requested
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Modules (names match transformers' ModernBERT)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE in fp32, as transformers does, cast back to the input dtype."""
+    x_float = x.float()
+    return (x_float * cos + rotate_half(x_float) * sin).to(x.dtype)
+
+
+def _init_role(module: nn.Module, role: str) -> nn.Module:
+    """Mark a leaf Linear/Embedding with its init role: "in", "out", "embedding" or "final_out"."""
+    module._init_std_role = role
+    return module
+
+
+class ClinicalModernBertRotaryEmbedding(nn.Module):
+    """cos/sin of RoPE for arbitrary (restarting) positions, for one base theta."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device) / self.head_dim
+        return 1.0 / (self.base**exponents)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[:, None].float() * self.inv_freq.float()  # (total_tokens, head_dim / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (total_tokens, 1, head_dim)
+        return emb.cos(), emb.sin()
+
+
+class ClinicalModernBertEmbeddings(nn.Module):
+    def __init__(self, config: ClinicalModernBertConfig) -> None:
+        super().__init__()
+        self.tok_embeddings = _init_role(
+            nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id), "embedding"
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+        self.drop = nn.Dropout(config.embedding_dropout)
+
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        embeds = self.tok_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.drop(self.norm(embeds))
+
+
+class ClinicalModernBertMLP(nn.Module):
+    """GeGLU: `Wo(drop(act(input) * gate))` with `input, gate = Wi(x).chunk(2)`."""
+
+    def __init__(self, config: ClinicalModernBertConfig) -> None:
+        super().__init__()
+        self.Wi = _init_role(nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias), "in")
+        self.act = ACT2FN[config.hidden_activation]
+        self.drop = nn.Dropout(config.mlp_dropout)
+        self.Wo = _init_role(nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias), "out")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        inputs, gate = self.Wi(hidden_states).chunk(2, dim=-1)
+        return self.Wo(self.drop(self.act(inputs) * gate))
+
+
+class ClinicalModernBertAttention(nn.Module):
+    """Self-attention over packed documents; the backend is looked up in `ATTENTION_FUNCTIONS`."""
+
+    def __init__(self, config: ClinicalModernBertConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim**-0.5
+        self.dropout_p = config.attention_dropout
+        self.deterministic = config.deterministic_flash_attn
+        self.layer_type = config.layer_types[layer_idx]
+        self.local_window = config.local_window if self.layer_type == "sliding_attention" else None
+        self.Wqkv = _init_role(nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias), "in")
+        self.Wo = _init_role(nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias), "out")
+        self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0.0 else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        total = hidden_states.shape[0]
+        qkv = self.Wqkv(hidden_states).view(total, 3, self.num_heads, self.head_dim)  # (total, 3, heads, head_dim)
+        cos, sin = ctx.rope[self.layer_type]
+        q, k, v = qkv.unbind(1)
+        qkv = torch.stack((apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v), dim=1)
+        backend = resolve_attention_backend(
+            self.config.attention_backend, qkv, training_dropout=self.training and self.dropout_p > 0
+        )
+        out = ATTENTION_FUNCTIONS[backend](qkv, ctx, self)  # (total, heads, head_dim)
+        return self.out_drop(self.Wo(out.reshape(total, -1)))
+
+
+class ClinicalModernBertEncoderLayer(nn.Module):
+    def __init__(self, config: ClinicalModernBertConfig, layer_idx: int) -> None:
+        super().__init__()
+        # Layer 0 has no attention norm: the embedding norm already normalised its input.
+        if layer_idx == 0:
+            self.attn_norm = nn.Identity()
+        else:
+            self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+        self.attn = ClinicalModernBertAttention(config, layer_idx)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+        self.mlp = ClinicalModernBertMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), ctx)
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+class ClinicalModernBertPredictionHead(nn.Module):
+    def __init__(self, config: ClinicalModernBertConfig) -> None:
+        super().__init__()
+        self.dense = _init_role(nn.Linear(config.hidden_size, config.hidden_size, bias=config.classifier_bias), "out")
+        self.act = ACT2FN[config.classifier_activation]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(hidden_states)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained base
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ClinicalModernBertPreTrainedModel(PreTrainedModel):
+    config_class = ClinicalModernBertConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ClinicalModernBertEmbeddings", "ClinicalModernBertEncoderLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """ModernBERT's init: truncated normals by role (see `_init_role`); never touches loaded weights.
+
+        Roles sit on the leaf modules because transformers 5 initialises remote-code models leaf by leaf.
+        """
+        config = self.config
+        role = getattr(module, "_init_std_role", None)
+        if role is not None:
+            std = {
+                "in": config.initializer_range,
+                "out": config.initializer_range / math.sqrt(2.0 * config.num_hidden_layers),
+                "embedding": config.initializer_range,
+                "final_out": config.hidden_size**-0.5,
+            }[role]
+            cutoff = (config.initializer_cutoff_factor or 3.0) * std
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-cutoff, b=cutoff)
+            bias = getattr(module, "bias", None)
+            if bias is not None and not getattr(bias, "_is_hf_initialized", False):
+                nn.init.zeros_(bias)
+        elif isinstance(module, nn.LayerNorm):
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                nn.init.ones_(module.weight)
+            if module.bias is not None and not getattr(module.bias, "_is_hf_initialized", False):
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, ClinicalModernBertRotaryEmbedding):
+            # A non-persistent buffer: recompute it after construction on the meta device.
+            module.inv_freq = module._inv_freq(device=module.inv_freq.device)
+
+    def save_pretrained_native(self, save_directory: str, **kwargs) -> None:
+        """Write a `modernbert` folder that vanilla transformers loads without remote code."""
+        native_name = type(self).__name__.replace("ClinicalModernBert", "ModernBert")
+        if not hasattr(transformers, native_name):
+            raise ValueError(f"transformers {transformers.__version__} has no {native_name} to export to")
+        native_config = transformers.ModernBertConfig(**self.config.to_modernbert_dict())
+        native = getattr(transformers, native_name)(native_config)
+        native.load_state_dict(self.state_dict(), strict=True)
+        native.save_pretrained(save_directory, **kwargs)
+
+
+def _check_inputs(
+    config: ClinicalModernBertConfig,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+) -> tuple[int, int]:
+    """Shape checks that turn would-be CUDA crashes into clear errors. Returns (batch_size, seq_len)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1])
+    if cu_seqlens is not None and len(shape) == 1:
+        shape = (1, shape[0])
+    if len(shape) != 2:
+        raise ValueError(f"input_ids must have shape (batch_size, seq_len), got {shape}")
+    batch_size, seq_len = shape
+    if batch_size == 0 or seq_len == 0:
+        raise ValueError(f"empty batch: input_ids has shape {shape}")
+    if attention_mask is not None and tuple(attention_mask.shape) != shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {shape}")
+    if cu_seqlens is None and seq_len > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {seq_len} exceeds max_position_embeddings={config.max_position_embeddings}; "
+            "truncate, chunk, or pack documents with cu_seqlens"
+        )
+    return batch_size, seq_len
+
+
+class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
+    """The encoder. Accepts padded rows, rows that pack several documents, or fully packed input with `cu_seqlens`."""
+
+    def __init__(self, config: ClinicalModernBertConfig) -> None:
+        super().__init__(config)
+        self.embeddings = ClinicalModernBertEmbeddings(config)
+        self.layers = nn.ModuleList(
+            [ClinicalModernBertEncoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+        self.rotary_emb = nn.ModuleDict({
+            "full_attention": ClinicalModernBertRotaryEmbedding(config.head_dim, config.global_rope_theta),
+            "sliding_attention": ClinicalModernBertRotaryEmbedding(config.head_dim, config.local_rope_theta),
+        })
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.tok_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.tok_embeddings = value
+
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, PackedBatch, list[torch.Tensor] | None]:
+        """Run the encoder and return packed `(total_tokens, hidden)` states, the packing, and per-layer states."""
+        batch_size, seq_len = _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, cu_seqlens)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        packed = unpad_input(batch_size, seq_len, device, attention_mask, position_ids, cu_seqlens, max_seqlen)
+        if packed.max_seqlen > self.config.max_position_embeddings:
+            raise ValueError(
+                f"a document of {packed.max_seqlen} tokens exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+
+        if inputs_embeds is None:
+            hidden_states = self.embeddings(input_ids=packed.unpad(input_ids.reshape(batch_size, seq_len)))
+        else:
+            hidden_states = self.embeddings(inputs_embeds=packed.unpad(inputs_embeds.reshape(batch_size, seq_len, -1)))
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        if packed.total_tokens == 0:  # every row is padding: nothing to attend over
+            return self.final_norm(hidden_states), packed, all_hidden_states
+
+        ctx = AttentionContext(
+            cu_seqlens=packed.cu_seqlens,
+            max_seqlen=packed.max_seqlen,
+            rope={name: rope(packed.position_ids) for name, rope in self.rotary_emb.items()},
+        )
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = self._gradient_checkpointing_func(partial(layer.__call__, ctx=ctx), hidden_states)
+            else:
+                hidden_states = layer(hidden_states, ctx)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+        return self.final_norm(hidden_states), packed, all_hidden_states
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        r"""
+        Args:
+            input_ids: `(batch_size, seq_len)` token ids; with `cu_seqlens`, `(1, total_tokens)` or `(total_tokens,)`.
+            attention_mask: `(batch_size, seq_len)`, 1 for real tokens. Padding may be on either side.
+            position_ids: positions restarting at 0 mark documents packed into one row.
+            cu_seqlens: `(num_docs + 1,)` int32 document boundaries of fully packed input (no padding).
+            max_seqlen: longest document, a Python int (pass it to avoid a device sync).
+        Returns:
+            `BaseModelOutput` with `last_hidden_state` of shape `(batch_size, seq_len, hidden)`, zeros at padding.
+        """
+        if output_attentions:
+            _log_once("output_attentions is not supported by Clinical ModernBERT (fused kernels); returning None")
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        hidden, packed, all_hidden = self.forward_packed(
+            input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds, output_hidden_states
+        )
+        last_hidden_state = packed.pad(hidden)
+        hidden_states = tuple(packed.pad(h) for h in all_hidden) if all_hidden is not None else None
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, hidden_states) if v is not None)
+        return BaseModelOutput(last_hidden_state=last_hidden_state, hidden_states=hidden_states)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Task heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _pool(config: ClinicalModernBertConfig, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """`(batch, seq, hidden)` -> `(batch, hidden)`: the first real token (cls) or the mean of real tokens."""
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    attention_mask = attention_mask.to(hidden.device)
+    if config.classifier_pooling == "cls":
+        first = attention_mask.long().argmax(dim=1)  # the first real token, whichever side the padding is on
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def _sequence_loss(config: ClinicalModernBertConfig, num_labels: int, logits: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1)) if num_labels == 1 else \
+            F.mse_loss(logits.float(), labels.float())
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels).float(), labels.view(-1))
+    if config.problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.to(logits.dtype).float())
+    raise ValueError(f"problem_type={config.problem_type!r} is not one of regression, single_label_classification, "
+                     "multi_label_classification")
+
+
+class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
+    # transformers 5 maps tied parameters explicitly; 4.x lists the tied keys.
+    _tied_weights_keys = (
+        {"decoder.weight": "model.embeddings.tok_embeddings.weight"} if _TRANSFORMERS_MAJOR >= 5 else ["decoder.weight"]
+    )
+
+    def __init__(self, config: ClinicalModernBertConfig) -> None:
+        super().__init__(config)
+        self.model = ClinicalModernBertModel(config)
+        self.head = ClinicalModernBertPredictionHead(config)
+        self.decoder = _init_role(nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias), "out")
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput | tuple:
+        r"""
+        labels: `(batch_size, seq_len)` token ids to predict, `-100` elsewhere. With `config.sparse_prediction`, only
+            labelled tokens go through the head and `logits` is `(num_labelled, vocab_size)`, in the order of
+            `labels[labels != -100]`; otherwise `logits` is `(batch_size, seq_len, vocab_size)`.
+        """
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        hidden, packed, all_hidden = self.model.forward_packed(
+            input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds, output_hidden_states
+        )
+        loss = None
+        if labels is not None and self.config.sparse_prediction:
+            flat_labels = packed.unpad(labels.reshape(packed.batch_size, packed.seq_len).to(hidden.device))
+            selected = (flat_labels != self.config.sparse_pred_ignore_index).nonzero().squeeze(1)
+            logits = self.decoder(self.head(hidden.index_select(0, selected)))  # (num_masked, vocab)
+            loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, selected))
+        else:
+            logits = packed.pad(self.decoder(self.head(hidden)))  # (batch, seq, vocab)
+            if labels is not None:
+                loss = F.cross_entropy(
+                    logits.view(-1, logits.shape[-1]).float(), labels.reshape(-1).to(logits.device),
+                    ignore_index=self.config.sparse_pred_ignore_index,
+                )
+        hidden_states = tuple(packed.pad(h) for h in all_hidden) if all_hidden is not None else None
+        if not return_dict:
+            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+class _ClassifierBase(ClinicalModernBertPreTrainedModel):
+    """Encoder + prediction head + dropout + linear classifier, shared by the classification heads."""
+
+    num_outputs: int | None = None  # None: config.num_labels
+
+    def __init__(self, config: ClinicalModernBertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ClinicalModernBertModel(config)
+        self.head = ClinicalModernBertPredictionHead(config)
+        self.drop = nn.Dropout(config.classifier_dropout)
+        self.classifier = _init_role(nn.Linear(config.hidden_size, self.num_outputs or config.num_labels), "final_out")
+        self.post_init()
+
+    def _encode(self, input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds,
+                output_hidden_states) -> BaseModelOutput:
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen, inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+
+    def _classify(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.drop(self.head(hidden)))
+
+
+class ClinicalModernBertForSequenceClassification(_ClassifierBase):
+    """Single-label, multi-label or regression, chosen by `config.problem_type` (or inferred like transformers)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self._encode(input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds,
+                               output_hidden_states)
+        logits = self._classify(_pool(self.config, outputs.last_hidden_state, attention_mask))
+        loss = None if labels is None else _sequence_loss(self.config, self.num_labels, logits, labels)
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ClinicalModernBertForTokenClassification(_ClassifierBase):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self._encode(input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds,
+                               output_hidden_states)
+        logits = self._classify(outputs.last_hidden_state)  # (batch, seq, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.reshape(-1).to(logits.device))
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class ClinicalModernBertForQuestionAnswering(_ClassifierBase):
+    """Extractive QA: start/end logits from a 2-way token classifier."""
+
+    num_outputs = 2
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self._encode(input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds,
+                               output_hidden_states)
+        logits = self._classify(outputs.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            seq_len = start_logits.shape[1]
+            # Out-of-range answers (truncated away) are clamped to seq_len and ignored, as in transformers.
+            start = start_positions.reshape(-1).clamp(0, seq_len)
+            end = end_positions.reshape(-1).clamp(0, seq_len)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=seq_len)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=seq_len)) / 2
+        if not return_dict:
+            return tuple(v for v in (loss, start_logits, end_logits, outputs.hidden_states) if v is not None)
+        return QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+        )
+
+
+class ClinicalModernBertForMultipleChoice(_ClassifierBase):
+    """Inputs `(batch, num_choices, seq_len)`; one score per choice."""
+
+    num_outputs = 1
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MultipleChoiceModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None or reference.dim() < 3:
+            raise ValueError("multiple choice expects input_ids of shape (batch_size, num_choices, seq_len)")
+        num_choices = reference.shape[1]
+
+        def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        outputs = self._encode(flat(input_ids), flat(attention_mask), flat(position_ids), None, None,
+                               flat(inputs_embeds), output_hidden_states)
+        logits = self._classify(_pool(self.config, outputs.last_hidden_state, flat(attention_mask)))
+        logits = logits.view(-1, num_choices)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.view(-1))
+        if not return_dict:
+            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# save_pretrained copies both .py files and writes auto_map (the config carries the full map for every head).
+ClinicalModernBertConfig.register_for_auto_class()
+ClinicalModernBertModel.register_for_auto_class("AutoModel")
+ClinicalModernBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+ClinicalModernBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+ClinicalModernBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+ClinicalModernBertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+ClinicalModernBertForMultipleChoice.register_for_auto_class("AutoModelForMultipleChoice")
+
+__all__ = [
+    "ClinicalModernBertModel",
+    "ClinicalModernBertPreTrainedModel",
+    "ClinicalModernBertForMaskedLM",
+    "ClinicalModernBertForSequenceClassification",
+    "ClinicalModernBertForTokenClassification",
+    "ClinicalModernBertForQuestionAnswering",
+    "ClinicalModernBertForMultipleChoice",
+]

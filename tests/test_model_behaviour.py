@@ -1,0 +1,163 @@
+"""Config validation, training behaviour (checkpointing, dropout) and clear errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from configuration_clinical_modernbert import ClinicalModernBertConfig
+from modeling_clinical_modernbert import (
+    ClinicalModernBertForMaskedLM,
+    ClinicalModernBertForMultipleChoice,
+    ClinicalModernBertForQuestionAnswering,
+    ClinicalModernBertForSequenceClassification,
+    ClinicalModernBertForTokenClassification,
+    ClinicalModernBertModel,
+)
+
+pytestmark = pytest.mark.oldest  # also run against the oldest supported transformers
+
+
+def test_presets_have_modernbert_geometry():
+    base = ClinicalModernBertConfig.from_preset("base")
+    assert (base.vocab_size, base.hidden_size, base.intermediate_size, base.num_hidden_layers,
+            base.num_attention_heads, base.max_position_embeddings) == (50368, 768, 1152, 22, 12, 8192)
+    assert [i for i, t in enumerate(base.layer_types) if t == "full_attention"] == [0, 3, 6, 9, 12, 15, 18, 21]
+    assert (base.global_rope_theta, base.local_rope_theta, base.local_window, base.norm_eps) == (160000.0, 10000.0,
+                                                                                               64, 1e-5)
+    large = ClinicalModernBertConfig.from_preset("large")
+    assert (large.hidden_size, large.intermediate_size, large.num_hidden_layers, large.num_attention_heads) == (
+        1024, 2624, 28, 16)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", 30, "hidden_size=30 is not a multiple of num_attention_heads=4"),
+    ("classifier_pooling", "max", "classifier_pooling='max'"),
+    ("attention_backend", "flex", "attention_backend='flex'"),
+    ("local_attention", 15, "local_attention=15"),
+    ("mlp_dropout", 1.5, "mlp_dropout=1.5"),
+    ("num_hidden_layers", 0, "num_hidden_layers=0"),
+    ("pad_token_id", 500, "pad_token_id=500"),
+    ("layer_types", ["full_attention", "global"], "layer_types has 2 entries"),
+])
+def test_bad_config_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        tiny_config(**{field: value})
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        ClinicalModernBertConfig.from_preset("huge")
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    torch.manual_seed(0)
+    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="sdpa")).train()
+    ids = torch.randint(5, 128, (2, 30))
+    labels = torch.where(torch.rand(ids.shape) < 0.3, ids, -100)
+    labels[0, 0] = ids[0, 0]
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.model.gradient_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(1)
+    dropouts = dict(attention_dropout=0.3, embedding_dropout=0.3, mlp_dropout=0.3, classifier_dropout=0.3)
+    noisy = ClinicalModernBertForSequenceClassification(tiny_config(num_labels=2, attention_backend="sdpa", **dropouts))
+    clean = ClinicalModernBertForSequenceClassification(tiny_config(num_labels=2, attention_backend="sdpa"))
+    clean.load_state_dict(noisy.state_dict())
+    ids = torch.randint(5, 128, (3, 20))
+    noisy.eval(), clean.eval()
+    with torch.no_grad():
+        assert torch.equal(noisy(input_ids=ids).logits, clean(input_ids=ids).logits)
+        noisy.train()
+        first, second = noisy(input_ids=ids).logits, noisy(input_ids=ids).logits
+    assert not torch.allclose(first, second)  # dropout is really on in training
+
+
+@pytest.mark.parametrize("problem_type, labels", [
+    ("single_label_classification", torch.tensor([0, 2])),
+    ("multi_label_classification", torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])),
+    ("regression", torch.tensor([[0.5, 1.0, -1.0], [2.0, 0.0, 1.0]])),
+])
+def test_sequence_classification_problem_types(problem_type, labels):
+    torch.manual_seed(2)
+    model = ClinicalModernBertForSequenceClassification(tiny_config(num_labels=3, problem_type=problem_type)).eval()
+    out = model(input_ids=torch.randint(5, 128, (2, 12)), labels=labels)
+    reference = {
+        "single_label_classification": lambda: torch.nn.functional.cross_entropy(out.logits, labels),
+        "multi_label_classification": lambda: torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels),
+        "regression": lambda: torch.nn.functional.mse_loss(out.logits, labels),
+    }[problem_type]()
+    assert out.logits.shape == (2, 3)
+    assert torch.allclose(out.loss, reference)
+
+
+def test_head_output_shapes():
+    torch.manual_seed(3)
+    ids = torch.randint(5, 128, (2, 17))
+    config = tiny_config(num_labels=4)
+    assert ClinicalModernBertModel(config)(input_ids=ids).last_hidden_state.shape == (2, 17, 32)
+    assert ClinicalModernBertForMaskedLM(config)(input_ids=ids).logits.shape == (2, 17, 128)
+    assert ClinicalModernBertForTokenClassification(config)(input_ids=ids).logits.shape == (2, 17, 4)
+    qa = ClinicalModernBertForQuestionAnswering(config)(
+        input_ids=ids, start_positions=torch.tensor([1, 3]), end_positions=torch.tensor([2, 40]))
+    assert qa.start_logits.shape == qa.end_logits.shape == (2, 17) and torch.isfinite(qa.loss)
+    mc = ClinicalModernBertForMultipleChoice(config)(input_ids=ids[:, None].expand(2, 3, 17),
+                                                     labels=torch.tensor([0, 2]))
+    assert mc.logits.shape == (2, 3) and torch.isfinite(mc.loss)
+    hidden = ClinicalModernBertModel(config)(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(hidden) == config.num_hidden_layers + 1 and hidden[0].shape == (2, 17, 32)
+
+
+def test_too_long_input_is_a_clear_error():
+    model = ClinicalModernBertModel(tiny_config(max_position_embeddings=64))
+    with pytest.raises(ValueError, match="sequence length 65 exceeds max_position_embeddings=64"):
+        model(input_ids=torch.randint(5, 128, (1, 65)))
+    with pytest.raises(ValueError, match="a document of 70 tokens exceeds max_position_embeddings=64"):
+        model(input_ids=torch.randint(5, 128, (1, 100)), cu_seqlens=torch.tensor([0, 30, 100], dtype=torch.int32))
+
+
+def test_wrong_mask_shape_and_empty_batch_are_clear_errors():
+    model = ClinicalModernBertModel(tiny_config())
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 9\) but input_ids has shape \(2, 10\)"):
+        model(input_ids=torch.randint(5, 128, (2, 10)), attention_mask=torch.ones(2, 9))
+    with pytest.raises(ValueError, match=r"empty batch: input_ids has shape \(0, 10\)"):
+        model(input_ids=torch.zeros(0, 10, dtype=torch.long))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model()
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_all_padding_rows_have_defined_outputs(backend):
+    torch.manual_seed(4)
+    model = ClinicalModernBertForSequenceClassification(tiny_config(num_labels=2, attention_backend=backend)).eval()
+    ids = torch.randint(5, 128, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1] = 0
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).logits
+        base = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        alone = model(input_ids=ids[[0, 2]]).logits
+        nothing = model.model(input_ids=ids, attention_mask=torch.zeros_like(ids)).last_hidden_state
+    assert torch.isfinite(out).all() and torch.isfinite(nothing).all()
+    assert torch.count_nonzero(base[1]) == 0 and torch.count_nonzero(nothing) == 0
+    assert torch.allclose(out[[0, 2]], alone, atol=1e-5)
+
+
+def test_flash_backend_on_cpu_is_a_clear_error():
+    model = ClinicalModernBertModel(tiny_config(attention_backend="flash_attention_2"))
+    with pytest.raises(ValueError, match="attention_backend='flash_attention_2' needs a CUDA device"):
+        model(input_ids=torch.randint(5, 128, (1, 8)))
