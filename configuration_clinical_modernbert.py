@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - defensive for a future rename
 logger = logging.get_logger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
+COMPILE_MODES = ("auto", "on", "off")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 # Keys that older ModernBERT configs carry and that have no meaning here; they are dropped on load.
@@ -106,6 +107,12 @@ class ClinicalModernBertConfig(PretrainedConfig):
         attention_backend (`str`, defaults to `"auto"`): `"flash_attention_2"` (unpadded varlen kernels from
             `flash_attn` when installed, else `torch.nn.attention.varlen`), `"sdpa"`, `"eager"`, or `"auto"`
             (varlen on CUDA in bf16/fp16, sdpa everywhere else).
+        compile_layers (`str`, defaults to `"auto"`): run the blocks around attention (norms, projections, RoPE,
+            GeGLU, residuals) through `torch.compile`: `"auto"` when training on CUDA with Triton installed, `"on"`
+            always (also inference; needs a working compiler), `"off"` never. A compile error falls back to eager.
+        mlm_loss_chunk_size (`int`, defaults to 8192): in training, the sparse MLM loss runs over chunks of this many
+            masked tokens and recomputes their logits in backward, so full-vocabulary logits are never stored
+            (`logits` is then None); 0 returns the logits and computes the loss in one piece.
     """
 
     model_type = "clinical_modernbert"
@@ -149,6 +156,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
         sparse_prediction: bool = True,
         sparse_pred_ignore_index: int = -100,
         attention_backend: str = "auto",
+        compile_layers: str = "auto",
+        mlm_loss_chunk_size: int = 8192,
         tie_word_embeddings: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -211,6 +220,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
         self.sparse_prediction = sparse_prediction
         self.sparse_pred_ignore_index = sparse_pred_ignore_index
         self.attention_backend = attention_backend
+        self.compile_layers = compile_layers
+        self.mlm_loss_chunk_size = mlm_loss_chunk_size
         if layer_types is None:
             _check_positive_int("global_attn_every_n_layers", global_attn_every_n_layers)
             layer_types = [
@@ -247,6 +258,10 @@ class ClinicalModernBertConfig(PretrainedConfig):
                 raise ValueError(f"{name}={value} is outside the vocabulary (vocab_size={self.vocab_size})")
         if self.classifier_pooling not in ("cls", "mean"):
             raise ValueError(f"classifier_pooling={self.classifier_pooling!r} must be 'cls' or 'mean'")
+        if self.compile_layers not in COMPILE_MODES:
+            raise ValueError(f"compile_layers={self.compile_layers!r} must be one of {COMPILE_MODES}")
+        if not isinstance(self.mlm_loss_chunk_size, int) or self.mlm_loss_chunk_size < 0:
+            raise ValueError(f"mlm_loss_chunk_size={self.mlm_loss_chunk_size!r} must be an integer >= 0")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend={self.attention_backend!r} must be one of {ATTENTION_BACKENDS}")
         if len(self.layer_types) != self.num_hidden_layers:
@@ -300,7 +315,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
     def to_modernbert_dict(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.ModernBertConfig`, understood by 4.48 and 5.x alike."""
         values = self.to_dict()
-        for key in ("model_type", "architectures", "auto_map", "attention_backend", "layer_types",
+        for key in ("model_type", "architectures", "auto_map", "attention_backend", "layer_types", "compile_layers",
+                    "mlm_loss_chunk_size",
                     "transformers_version", "_name_or_path", "mask_token_id"):
             values.pop(key, None)
         if self.global_attn_every_n_layers is None:

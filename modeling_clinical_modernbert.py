@@ -28,6 +28,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 import transformers
 from torch import nn
 from transformers import PreTrainedModel
@@ -71,6 +72,37 @@ def _log_once(message: str) -> None:
     if message not in _logged_once:
         _logged_once.add(message)
         logger.info(message)
+
+
+_compiled_functions: dict = {}
+_compile_failed: set = set()
+
+
+def compile_supported(device: torch.device) -> bool:
+    """torch.compile fuses our blocks with Triton on CUDA; never compile where no Triton is installed."""
+    return device.type == "cuda" and hasattr(torch, "compile") and importlib.util.find_spec("triton") is not None
+
+
+def maybe_compiled(fn, enabled: bool):
+    """`fn` compiled once for all layers (parameters are graph inputs), or `fn` itself.
+
+    A compile error is logged once and the plain function is used from then on: compiling is an optimisation and
+    must never break a model that runs without it.
+    """
+    if not enabled or fn in _compile_failed:
+        return fn
+    if fn not in _compiled_functions:
+        _compiled_functions[fn] = torch.compile(fn, dynamic=True)
+
+    def run(*args, **kwargs):
+        try:
+            return _compiled_functions[fn](*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
+            logger.warning(f"torch.compile of {fn.__name__} failed ({type(error).__name__}: {error}); running eagerly")
+            _compile_failed.add(fn)
+            return fn(*args, **kwargs)
+
+    return run
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -218,6 +250,7 @@ class AttentionContext:
     cu_seqlens: torch.Tensor
     max_seqlen: int
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> (cos, sin), each (total_tokens, 1, head_dim)
+    compile: bool = False  # run the blocks around attention through torch.compile
     padding: DocumentPadding | None = None  # built lazily by the padded backends
     masks: dict | None = None
 
@@ -392,17 +425,35 @@ class ClinicalModernBertAttention(nn.Module):
         self.Wo = _init_role(nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias), "out")
         self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0.0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        total = hidden_states.shape[0]
-        qkv = self.Wqkv(hidden_states).view(total, 3, self.num_heads, self.head_dim)  # (total, 3, heads, head_dim)
-        cos, sin = ctx.rope[self.layer_type]
+    def project(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """`(total, hidden)` -> rotated `(total, 3, heads, head_dim)`."""
+        qkv = self.Wqkv(hidden_states).view(-1, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(1)
-        qkv = torch.stack((apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v), dim=1)
+        return torch.stack((apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v), dim=1)
+
+    def attend(self, qkv: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Rotated qkv -> `(total, hidden)` attention output, before `Wo`."""
         backend = resolve_attention_backend(
             self.config.attention_backend, qkv, training_dropout=self.training and self.dropout_p > 0
         )
-        out = ATTENTION_FUNCTIONS[backend](qkv, ctx, self)  # (total, heads, head_dim)
-        return self.out_drop(self.Wo(out.reshape(total, -1)))
+        return ATTENTION_FUNCTIONS[backend](qkv, ctx, self).reshape(qkv.shape[0], -1)
+
+    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        cos, sin = ctx.rope[self.layer_type]
+        return self.out_drop(self.Wo(self.attend(self.project(hidden_states, cos, sin), ctx)))
+
+
+def _qkv_block(attn_norm: nn.Module, attn: ClinicalModernBertAttention, hidden_states: torch.Tensor,
+               cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """attn_norm -> Wqkv -> RoPE: one compiled graph fuses the norm and the rotation around the matmul."""
+    return attn.project(attn_norm(hidden_states), cos, sin)
+
+
+def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor,
+                  attn_output: torch.Tensor) -> torch.Tensor:
+    """Wo -> residual -> mlp_norm -> GeGLU MLP -> residual."""
+    hidden_states = hidden_states + layer.attn.out_drop(layer.attn.Wo(attn_output))
+    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states))
 
 
 class ClinicalModernBertEncoderLayer(nn.Module):
@@ -418,8 +469,10 @@ class ClinicalModernBertEncoderLayer(nn.Module):
         self.mlp = ClinicalModernBertMLP(config)
 
     def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        hidden_states = hidden_states + self.attn(self.attn_norm(hidden_states), ctx)
-        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
+        cos, sin = ctx.rope[self.attn.layer_type]
+        qkv = maybe_compiled(_qkv_block, ctx.compile)(self.attn_norm, self.attn, hidden_states, cos, sin)
+        return maybe_compiled(_output_block, ctx.compile)(self, hidden_states, self.attn.attend(qkv, ctx))
 
 
 class ClinicalModernBertPredictionHead(nn.Module):
@@ -536,6 +589,14 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.tok_embeddings = value
 
+    def _use_compile(self, device: torch.device) -> bool:
+        mode = self.config.compile_layers
+        if mode == "off":
+            return False
+        if mode == "on":
+            return True
+        return self.training and compile_supported(device)  # "auto": training on CUDA with Triton
+
     def forward_packed(
         self,
         input_ids: torch.Tensor | None = None,
@@ -568,6 +629,7 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
             cu_seqlens=packed.cu_seqlens,
             max_seqlen=packed.max_seqlen,
             rope={name: rope(packed.position_ids) for name, rope in self.rotary_emb.items()},
+            compile=self._use_compile(hidden_states.device),
         )
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
@@ -670,6 +732,22 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.decoder
 
+    def _chunk_loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.decoder(self.head(hidden)).float(), labels, reduction="sum")
+
+    def _chunked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Mean cross-entropy over masked tokens, `chunk` at a time, logits recomputed in backward."""
+        total = labels.shape[0]
+        if total == 0:
+            return hidden.sum() * 0.0  # no masked token in the batch: a zero loss that still has a graph
+        loss_sum = sum(
+            torch.utils.checkpoint.checkpoint(
+                self._chunk_loss_sum, hidden[start : start + chunk], labels[start : start + chunk], use_reentrant=False
+            )
+            for start in range(0, total, chunk)
+        )
+        return loss_sum / total
+
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.decoder = new_embeddings
 
@@ -703,8 +781,14 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
         if labels is not None and self.config.sparse_prediction:
             flat_labels = packed.unpad(labels.reshape(packed.batch_size, packed.seq_len).to(hidden.device))
             selected = (flat_labels != self.config.sparse_pred_ignore_index).nonzero().squeeze(1)
-            logits = self.decoder(self.head(hidden.index_select(0, selected)))  # (num_masked, vocab)
-            loss = F.cross_entropy(logits.float(), flat_labels.index_select(0, selected))
+            masked_hidden, masked_labels = hidden.index_select(0, selected), flat_labels.index_select(0, selected)
+            chunk = self.config.mlm_loss_chunk_size
+            if chunk and self.training and torch.is_grad_enabled():
+                logits = None  # never stored: each chunk's logits are recomputed in backward
+                loss = self._chunked_loss(masked_hidden, masked_labels, chunk)
+            else:
+                logits = self.decoder(self.head(masked_hidden))  # (num_masked, vocab)
+                loss = F.cross_entropy(logits.float(), masked_labels)
         else:
             logits = packed.pad(self.decoder(self.head(hidden)))  # (batch, seq, vocab)
             if labels is not None:

@@ -161,3 +161,57 @@ def test_flash_backend_on_cpu_is_a_clear_error():
     model = ClinicalModernBertModel(tiny_config(attention_backend="flash_attention_2"))
     with pytest.raises(ValueError, match="attention_backend='flash_attention_2' needs a CUDA device"):
         model(input_ids=torch.randint(5, 128, (1, 8)))
+
+
+def test_chunked_mlm_loss_equals_one_piece_loss_and_gradients():
+    torch.manual_seed(5)
+    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="sdpa", mlm_loss_chunk_size=7)).train()
+    ids = torch.randint(5, 128, (2, 40))
+    labels = torch.where(torch.rand(ids.shape) < 0.4, ids, -100)
+
+    def run(chunk: int):
+        model.config.mlm_loss_chunk_size = chunk
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    chunked, chunked_grads = run(7)  # ~32 masked tokens: several chunks and a ragged last one
+    whole, whole_grads = run(0)
+    assert chunked.logits is None and whole.logits.shape == (int((labels != -100).sum()), 128)
+    assert torch.allclose(chunked.loss, whole.loss, atol=1e-6)
+    for name in whole_grads:
+        assert torch.allclose(chunked_grads[name], whole_grads[name], atol=1e-6), name
+    with torch.no_grad():  # evaluation always returns the sparse logits
+        assert model.eval()(input_ids=ids, labels=labels).logits is not None
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """A broken compiler must never break the model: the plain blocks run and the outputs are unchanged."""
+    import modeling_clinical_modernbert as modeling
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("no working C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(modeling, "_compiled_functions", {})
+    monkeypatch.setattr(modeling, "_compile_failed", set())
+    torch.manual_seed(6)
+    model = ClinicalModernBertModel(tiny_config(attention_backend="sdpa")).eval()
+    ids = torch.randint(5, 128, (2, 20))
+    with torch.no_grad():
+        plain = model(input_ids=ids).last_hidden_state
+        model.config.compile_layers = "on"
+        fallen_back = model(input_ids=ids).last_hidden_state
+    assert torch.equal(plain, fallen_back)
+    assert modeling._compile_failed == {modeling._qkv_block, modeling._output_block}
+
+
+def test_compile_auto_only_on_cuda_training():
+    model = ClinicalModernBertModel(tiny_config())
+    cpu = torch.device("cpu")
+    assert not model.train()._use_compile(cpu) and not model.eval()._use_compile(cpu)
+    model.config.compile_layers = "on"
+    assert model._use_compile(cpu)
