@@ -1,0 +1,251 @@
+"""End-to-end tests of the Trainer entry point on a tiny synthetic corpus (seconds each, CPU).
+
+- the CLI trains, evaluates and writes a complete Hub model folder (no checkpoints inside), which loads back;
+- a run resumed from a mid-run checkpoint continues the step count and reproduces the uninterrupted losses
+  (data order and masks, with the decaying masking rate);
+- ``init_from`` a transformers-native ModernBERT folder loads every weight unchanged;
+- the loss normalisation and the evaluation metrics are exact on hand-made logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+
+from train.config import load_config
+from train.demo_check import icd10cm_descriptions, make_masked_examples, unigram_top_words
+from train.model_card import ModelCardInfo, card_metadata
+from train.plots import loss_series
+from train.run import build_model, compute_mlm_metrics, last_complete_checkpoint, masked_logits_and_targets, run
+from train.tokenizer import TokenizerUnavailableError, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DESCRIPTIONS = [
+    "Fracture of left femur, initial encounter", "Fracture of right femur, subsequent encounter",
+    "Type 2 diabetes mellitus without complications", "Type 1 diabetes mellitus with kidney complications",
+    "Acute myocardial infarction of anterior wall", "Chronic kidney disease, stage 3",
+    "Pneumonia of left lower lobe", "Pneumonia of right upper lobe", "Acute kidney failure with tubular necrosis",
+]
+# A tiny model and short bins: every run below takes a few seconds on a CPU.
+TINY = {
+    "max_seq_len": "64", "tokenizer_vocab_size": "400", "per_device_train_batch_size": "2",
+    "per_device_eval_batch_size": "8", "warmup_steps": "1", "logging_steps": "1", "demo_check_examples": "20",
+    "model_overrides.hidden_size": "32", "model_overrides.intermediate_size": "48",
+    "model_overrides.num_hidden_layers": "2", "model_overrides.local_attention": "16",
+    "model_overrides.max_position_embeddings": "64",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A synthetic corpus folder in the sample corpus' layout: ICD-10-CM code documents plus free text."""
+    rng = random.Random(0)
+
+    def rows(n: int, prefix: str) -> list[dict]:
+        out = []
+        for i in range(n):
+            out.append({"text": f"ICD-10-CM code X{i}: {rng.choice(DESCRIPTIONS)}\nChapter 1: Diseases.",
+                        "source": "icd10cm", "doc_id": f"icd10cm:{prefix}{i}"})
+            text = " ".join(rng.choice(DESCRIPTIONS) for _ in range(rng.randint(1, 12)))
+            out.append({"text": text, "source": "pubmed", "doc_id": f"pubmed:{prefix}{i}"})
+        return out
+
+    path = tmp_path_factory.mktemp("corpus") / "corpus"
+    datasets.DatasetDict(train=datasets.Dataset.from_list(rows(150, "t")),
+                         validation=datasets.Dataset.from_list(rows(10, "v"))).save_to_disk(str(path))
+    return path
+
+
+def test_cli_writes_a_complete_hub_folder(corpus_dir, tmp_path):
+    out = tmp_path / "model"
+    args = ["--preset", "demo", "--corpus", str(corpus_dir), "--cache_dir", str(tmp_path / "cache"),
+            "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2"]
+    args += [item for key, value in TINY.items() for item in (f"--{key}", value)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fill-mask top-5 accuracy on" in proc.stdout
+    assert "eval: eval_loss=" in proc.stdout
+
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted([
+        "README.md", "config.json", "configuration_clinical_modernbert.py", "loss_curve.png", "model.safetensors",
+        "modeling_clinical_modernbert.py", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+        "training_summary.json",
+    ])
+    checkpoints = sorted(p.name for p in (tmp_path / "model-checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+
+    card = (out / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata == {
+        "datasets": ["icd10cm", "pubmed"], "license": "apache-2.0", "language": ["en"],
+        "library_name": "transformers", "pipeline_tag": "fill-mask",
+        "tags": ["modernbert", "clinical", "biomedical", "fill-mask"],
+    }
+    assert "| Optimizer steps | 4 |" in card and "![MLM loss](loss_curve.png)" in card
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 4
+    metrics = summary["metrics"]
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-9)
+    assert summary["demo_check"]["n_examples"] == 10  # all 10 held-out ICD-10-CM documents (20 were allowed)
+    assert json.loads((out / "config.json").read_text())["auto_map"]["AutoModelForMaskedLM"] == (
+        "modeling_clinical_modernbert.ClinicalModernBertForMaskedLM"
+    )
+
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=True)
+    tokenizer = load_tokenizer(str(out))
+    assert model.config.vocab_size == len(tokenizer) == 448  # 400 ids (special included) + 48 [unused] = 7 x 64
+    with torch.no_grad():
+        logits = model(**tokenizer(["Fracture of [MASK] femur"], return_tensors="pt")).logits
+    assert logits.shape[-1] == 448
+
+
+def _config(corpus_dir: Path, tmp_path: Path, **extra: str):
+    overrides = {**TINY, "corpus": str(corpus_dir), "cache_dir": str(tmp_path / "cache"),
+                 "output_dir": str(tmp_path / "model"), "demo_check": "false", "eval_steps": "100", **extra}
+    return load_config("demo", overrides)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_resume_continues_the_step_count_and_reproduces_losses(corpus_dir, tmp_path):
+    cfg = _config(corpus_dir, tmp_path, max_steps="6", save_steps="3", save_total_limit="5")
+    first = run(cfg)
+    assert first.global_step == 6
+    history = json.loads((tmp_path / "model-checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    losses = {entry["step"]: entry["loss"] for entry in history["log_history"] if "loss" in entry}
+
+    # Simulate a crash after step 3: drop the later checkpoint and the output folder, run again.
+    shutil.rmtree(tmp_path / "model-checkpoints" / "checkpoint-6")
+    shutil.rmtree(tmp_path / "model")
+    # Mark checkpoint-3's history, to tell a resumed run (keeps the mark) from a fresh one (same losses, no mark).
+    state_path = tmp_path / "model-checkpoints" / "checkpoint-3" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    next(entry for entry in state["log_history"] if entry.get("step") == 2 and "loss" in entry)["loss"] = 123.0
+    state_path.write_text(json.dumps(state))
+    resumed = run(cfg)
+    assert resumed.resumed_from == str(tmp_path / "model-checkpoints" / "checkpoint-3")
+    assert resumed.global_step == 6
+    history = json.loads((tmp_path / "model-checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    resumed_losses = {entry["step"]: entry["loss"] for entry in history["log_history"] if "loss" in entry}
+    assert sorted(resumed_losses) == [1, 2, 3, 4, 5, 6]  # steps 1-3 restored from checkpoint-3, 4-6 trained again
+    assert resumed_losses[2] == 123.0
+    # Same data order and, although the masking rate decays (cosine), the same masks: the same losses.
+    for step in (4, 5, 6):
+        assert resumed_losses[step] == pytest.approx(losses[step], rel=1e-6)
+
+
+def test_init_from_native_modernbert_loads_every_weight(tmp_path, tiny_tokenizer):
+    import transformers
+
+    native_config = transformers.ModernBertConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=512, local_attention=16, pad_token_id=0, bos_token_id=1, cls_token_id=1,
+        eos_token_id=2, sep_token_id=2,
+    )
+    torch.manual_seed(0)
+    native = transformers.ModernBertForMaskedLM(native_config)
+    native.save_pretrained(tmp_path / "native")
+    tiny_tokenizer.save_pretrained(tmp_path / "native")
+
+    cfg = load_config("demo", {"init_from": str(tmp_path / "native"), "train_tokenizer": "false",
+                               "model_overrides": "{}", "max_seq_len": "64"})
+    tokenizer = load_tokenizer(cfg.init_from)
+    model = build_model(cfg, tokenizer)
+    assert model.config.mask_token_id == tokenizer.mask_token_id == 3
+    ours, theirs = model.state_dict(), native.state_dict()
+    assert set(ours) == set(theirs)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+
+
+def test_sparse_and_dense_logits_give_the_same_targets():
+    labels = torch.tensor([[-100, 5, -100, 7]])
+    dense = torch.arange(4 * 9, dtype=torch.float).view(1, 4, 9)
+    logits, targets = masked_logits_and_targets(dense, labels)
+    assert targets.tolist() == [5, 7]
+    assert torch.equal(logits, dense[0, [1, 3]])
+    sparse = dense[0, [1, 3]]
+    logits, targets = masked_logits_and_targets(sparse, labels)
+    assert logits is sparse and targets.tolist() == [5, 7]
+
+
+def test_metrics_are_token_weighted():
+    # Batch 1: loss sum 6 over 3 tokens, 2 correct. Batch 2: loss sum 1 over 1 token, 0 correct.
+    prediction = types.SimpleNamespace(predictions=[[6.0, 3.0, 2.0], [1.0, 1.0, 0.0]])
+    metrics = compute_mlm_metrics(prediction)
+    assert metrics["loss"] == pytest.approx(7 / 4)
+    assert metrics["perplexity"] == pytest.approx(math.exp(1.75))
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["masked_tokens"] == 4
+
+
+def test_demo_check_helpers(tiny_tokenizer):
+    split = datasets.Dataset.from_dict({
+        "text": ["ICD-10-CM code E11.9: type diabetes mellitus without complications\nChapter 4: x",
+                 "ICD-10-PCS code 0: left lung", "ICD-10-CM code J18.9: pneumonia of left lung"],
+        "source": ["icd10cm", "icd10pcs", "icd10cm"],
+    })
+    assert icd10cm_descriptions(split) == ["type diabetes mellitus without complications", "pneumonia of left lung"]
+    # WordLevel tokenizer: every known word is one token; words of >= 3 letters after a space are maskable.
+    examples = make_masked_examples(["pneumonia of left lung"], tiny_tokenizer, n_examples=5, seed=0)
+    assert len(examples) == 1
+    masked, word = examples[0]
+    assert word in ("left", "lung") and masked == "pneumonia of left lung".replace(f" {word}", " [MASK]")
+    texts = ["the the the left left lung", "a left lung lung lung the"]
+    # Counted only after a space: lung 4, left 3, the 3 (the first "the" starts the text); ties alphabetical.
+    assert unigram_top_words(texts, tiny_tokenizer, k=2) == ["lung", "left"]
+
+
+def test_base_preset_offline_fails_fast_with_actionable_errors(tmp_path, tiny_tokenizer):
+    # The Hub tokenizer cannot be loaded offline: the error says what to do, before any corpus is built.
+    with pytest.raises(TokenizerUnavailableError, match="--train_tokenizer true"):
+        run(load_config("base", {"cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}))
+    assert not (tmp_path / "cache").exists()
+    # Same for the checkpoint, with a local tokenizer.
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    cfg = load_config("base", {"tokenizer": str(tmp_path / "tok")})
+    with pytest.raises(OSError, match="could not load init_from='answerdotai/ModernBERT-base'.*--init_from"):
+        build_model(cfg, load_tokenizer(cfg.tokenizer))
+
+
+def test_card_metadata_base_model_only_for_hub_ids(tmp_path):
+    info = ModelCardInfo(config=load_config("base"), base_model="answerdotai/ModernBERT-base",
+                         sources=["pubmed", "icd10cm"])
+    metadata = card_metadata(info)
+    assert metadata["base_model"] == "answerdotai/ModernBERT-base"
+    assert metadata["datasets"] == ["icd10cm", "pubmed"]
+    info.base_model = str(tmp_path)  # a local folder is not a Hub reference
+    assert "base_model" not in card_metadata(info)
+
+
+def test_loss_series_from_log_history():
+    history = [{"loss": 9.0, "step": 1}, {"eval_loss": 8.5, "step": 1}, {"loss": 7.0, "step": 2},
+               {"train_runtime": 3.0, "step": 2}]
+    assert loss_series(history) == ([(1, 9.0), (2, 7.0)], [(1, 8.5)])
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    for step, complete in ((2, True), (10, True), (12, False)):  # checkpoint-12: killed while saving
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        if complete:
+            (path / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-final").mkdir()  # not a step number: ignored
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order: 10 > 2
+    assert last_complete_checkpoint(tmp_path / "missing") is None
