@@ -203,39 +203,59 @@ def unpad_input(
 
 @dataclass
 class DocumentPadding:
-    """Per-document padding for the padded backends (sdpa, eager), built once per forward and shared by layers."""
+    """Padding for the padded backends (sdpa, eager), built once per forward and shared by all layers.
 
-    dest: torch.Tensor  # (total_tokens,) int64: slot of each packed token in the (num_docs * max_seqlen) grid
-    key_mask: torch.Tensor  # (num_docs, max_seqlen) bool: real keys
-    num_docs: int
-    max_seqlen: int
+    Consecutive documents are grouped into rows of at most `row_len = max_seqlen` tokens, and a block-diagonal mask
+    keeps each document to itself. Padding every document to the longest one would cost `num_docs * max_seqlen**2`
+    (ruinous for packed batches of short documents); grouping costs about `total_tokens * max_seqlen`.
+    """
+
+    dest: torch.Tensor  # (total_tokens,) int64: slot of each packed token in the (num_rows * row_len) grid
+    doc_grid: torch.Tensor  # (num_rows, row_len) int64: document of each slot, -1 for padding
+    num_rows: int
+    row_len: int
 
     @classmethod
     def build(cls, cu_seqlens: torch.Tensor, max_seqlen: int, total: int) -> DocumentPadding:
-        num_docs = cu_seqlens.shape[0] - 1
-        seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        doc_ids = torch.repeat_interleave(torch.arange(num_docs, device=cu_seqlens.device), seqlens, output_size=total)
-        offsets = torch.arange(total, device=cu_seqlens.device) - cu_seqlens[:-1].long()[doc_ids]
-        dest = doc_ids * max_seqlen + offsets
-        key_mask = torch.zeros(num_docs * max_seqlen, dtype=torch.bool, device=cu_seqlens.device)
-        key_mask[dest] = True
-        return cls(dest, key_mask.view(num_docs, max_seqlen), num_docs, max_seqlen)
+        device = cu_seqlens.device
+        seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()  # grouping is host-side work; padded backends only
+        row_of_doc, row_start_of_doc, row, fill = [], [], 0, 0
+        for length in seqlens:
+            if fill and fill + length > max_seqlen:
+                row, fill = row + 1, 0
+            row_of_doc.append(row)
+            row_start_of_doc.append(fill)
+            fill += length
+        num_docs = len(seqlens)
+        counts = torch.tensor(seqlens, device=device)
+        doc_ids = torch.repeat_interleave(torch.arange(num_docs, device=device), counts, output_size=total)
+        offsets = torch.arange(total, device=device) - cu_seqlens[:-1].long()[doc_ids]  # position in its document
+        slots = torch.tensor(row_of_doc, device=device) * max_seqlen + torch.tensor(row_start_of_doc, device=device)
+        dest = slots[doc_ids] + offsets
+        num_rows = (row + 1) if num_docs else 0
+        doc_grid = torch.full((num_rows * max_seqlen,), -1, dtype=torch.long, device=device)
+        doc_grid[dest] = doc_ids
+        return cls(dest, doc_grid.view(num_rows, max_seqlen), num_rows, max_seqlen)
 
     def attention_mask(self, local_window: int | None) -> torch.Tensor:
-        """Boolean `(num_docs, 1, max_seqlen, max_seqlen)` mask: real keys, within the window on local layers."""
-        mask = self.key_mask[:, None, None, :]
+        """Boolean `(num_rows, 1, row_len, row_len)`: same document, real keys, within the window on local layers.
+
+        Padding queries see the padding keys of their row, so no softmax row is empty (their output is dropped).
+        """
+        mask = (self.doc_grid[:, :, None] == self.doc_grid[:, None, :])[:, None]
         if local_window is not None:
-            pos = torch.arange(self.max_seqlen, device=self.key_mask.device)
+            # Documents are contiguous within a row, so slot distance is token distance within a document.
+            pos = torch.arange(self.row_len, device=self.doc_grid.device)
             mask = mask & ((pos[:, None] - pos[None, :]).abs() <= local_window)
         return mask
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
-        """`(total_tokens, ...)` -> `(num_docs, max_seqlen, ...)`."""
-        grid = packed.new_zeros(self.num_docs * self.max_seqlen, *packed.shape[1:])
-        return grid.index_copy(0, self.dest, packed).view(self.num_docs, self.max_seqlen, *packed.shape[1:])
+        """`(total_tokens, ...)` -> `(num_rows, row_len, ...)`."""
+        grid = packed.new_zeros(self.num_rows * self.row_len, *packed.shape[1:])
+        return grid.index_copy(0, self.dest, packed).view(self.num_rows, self.row_len, *packed.shape[1:])
 
     def unpad(self, padded: torch.Tensor) -> torch.Tensor:
-        return padded.reshape(self.num_docs * self.max_seqlen, *padded.shape[2:]).index_select(0, self.dest)
+        return padded.reshape(self.num_rows * self.row_len, *padded.shape[2:]).index_select(0, self.dest)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,18 +290,18 @@ class AttentionContext:
 
 def eager_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
     padding = ctx.document_padding()
-    q, k, v = padding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each (docs, heads, max_seqlen, head_dim)
+    q, k, v = padding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each (rows, heads, row_len, head_dim)
     scores = torch.matmul(q, k.transpose(-1, -2)) * module.scale
     scores = scores.masked_fill(~ctx.padded_mask(module.local_window), torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     probs = F.dropout(probs, p=module.dropout_p if module.training else 0.0, training=module.training)
-    out = torch.matmul(probs, v).transpose(1, 2)  # (docs, max_seqlen, heads, head_dim)
+    out = torch.matmul(probs, v).transpose(1, 2)  # (rows, row_len, heads, head_dim)
     return padding.unpad(out)
 
 
 def sdpa_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
     padding = ctx.document_padding()
-    q, k, v = padding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each (docs, heads, max_seqlen, head_dim)
+    q, k, v = padding.pad(qkv).permute(2, 0, 3, 1, 4).unbind(0)  # each (rows, heads, row_len, head_dim)
     out = F.scaled_dot_product_attention(
         q, k, v,
         attn_mask=ctx.padded_mask(module.local_window),

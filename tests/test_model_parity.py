@@ -179,3 +179,21 @@ def test_padded_rows_that_pack_documents():
         for doc, got in ((docs[0], out[0, :10]), (docs[1], out[0, 10:16]), (docs[2], out[1, :12])):
             want = model(input_ids=doc[None]).last_hidden_state[0]
             assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_documents_grouped_into_one_padded_row_stay_apart(backend):
+    """The padded backends group consecutive short documents into one row; the block mask keeps them apart."""
+    from modeling_clinical_modernbert import DocumentPadding
+
+    torch.manual_seed(7)
+    model = ClinicalModernBertModel(tiny_config(attention_backend=backend)).eval()
+    lengths = [5, 7, 9, 27, 3, 20]
+    docs = [torch.randint(5, 128, (1, n)) for n in lengths]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    padding = DocumentPadding.build(cu_seqlens, max(lengths), sum(lengths))
+    assert padding.num_rows == 3  # [5, 7, 9] | [27] | [3, 20]: 3 rows of 27 slots instead of 6
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat(docs, dim=1), cu_seqlens=cu_seqlens).last_hidden_state[0]
+        separate = torch.cat([model(input_ids=doc).last_hidden_state[0] for doc in docs])
+    assert (packed - separate).abs().max().item() <= 1e-5
