@@ -736,6 +736,11 @@ def _sequence_loss(config: ClinicalModernBertConfig, num_labels: int, logits: to
                      "multi_label_classification")
 
 
+def _mlm_loss_sum(head: nn.Module, decoder: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of one chunk of masked tokens."""
+    return F.cross_entropy(decoder(head(hidden)).float(), labels, reduction="sum")
+
+
 class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
     # transformers 5 maps tied parameters explicitly; 4.x lists the tied keys.
     _tied_weights_keys = (
@@ -752,17 +757,16 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
     def get_output_embeddings(self) -> nn.Linear:
         return self.decoder
 
-    def _chunk_loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.decoder(self.head(hidden)).float(), labels, reduction="sum")
-
     def _chunked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
         """Mean cross-entropy over masked tokens, `chunk` at a time, logits recomputed in backward."""
         total = labels.shape[0]
         if total == 0:
             return hidden.sum() * 0.0  # no masked token in the batch: a zero loss that still has a graph
+        # Not compiled: dynamo inside a checkpoint's recomputation fails in backward, out of reach of a fallback.
         loss_sum = sum(
             torch.utils.checkpoint.checkpoint(
-                self._chunk_loss_sum, hidden[start : start + chunk], labels[start : start + chunk], use_reentrant=False
+                _mlm_loss_sum, self.head, self.decoder, hidden[start : start + chunk], labels[start : start + chunk],
+                use_reentrant=False,
             )
             for start in range(0, total, chunk)
         )

@@ -201,12 +201,15 @@ def test_demo_check_helpers(tiny_tokenizer):
                  "ICD-10-PCS code 0: left lung", "ICD-10-CM code J18.9: pneumonia of left lung"],
         "source": ["icd10cm", "icd10pcs", "icd10cm"],
     })
-    assert icd10cm_descriptions(split) == ["type diabetes mellitus without complications", "pneumonia of left lung"]
-    # WordLevel tokenizer: every known word is one token; words of >= 3 letters after a space are maskable.
-    examples = make_masked_examples(["pneumonia of left lung"], tiny_tokenizer, n_examples=5, seed=0)
-    assert len(examples) == 1
-    masked, word = examples[0]
-    assert word in ("left", "lung") and masked == "pneumonia of left lung".replace(f" {word}", " [MASK]")
+    assert icd10cm_descriptions(split) == ["ICD-10-CM code E11.9: type diabetes mellitus without complications",
+                                           "ICD-10-CM code J18.9: pneumonia of left lung"]
+    # WordLevel tokenizer: every known word is one token; words of >= 3 letters after a space are maskable,
+    # in the description only: "code" (in the header) never is.
+    line = "ICD-10-CM code J18.9: pneumonia of left lung"
+    examples = make_masked_examples([line] * 20, tiny_tokenizer, n_examples=20, seed=0)
+    assert {word for _, word in examples} == {"pneumonia", "left", "lung"}
+    for masked, word in examples:
+        assert masked == line.replace(f" {word}", " [MASK]")
     texts = ["the the the left left lung", "a left lung lung lung the"]
     # Counted only after a space: lung 4, left 3, the 3 (the first "the" starts the text); ties alphabetical.
     assert unigram_top_words(texts, tiny_tokenizer, k=2) == ["lung", "left"]

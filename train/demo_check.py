@@ -1,7 +1,8 @@
 """Does the trained model know medicine better than word frequencies? A fill-mask check on held-out ICD-10-CM.
 
 Each held-out ICD-10-CM description (from the validation split, so never trained on) gets one word masked, e.g.
-``Fracture of [MASK] femur, initial encounter``. Only words the tokenizer keeps as one token (``" word"`` -> one id)
+``ICD-10-CM code S72.91XA: Fracture of [MASK] femur, initial encounter`` (the code header stays, as in
+training). Only words the tokenizer keeps as one token (``" word"`` -> one id)
 are masked, since ``fill-mask`` predicts one token; masked words have >= 3 letters and follow a space.
 
 Both contestants guess 5 words from that same candidate space, and a guess counts when it equals the masked word
@@ -9,7 +10,8 @@ Both contestants guess 5 words from that same candidate space, and a guess count
 
 * the model: its 5 best ``fill-mask`` predictions that are words (>= 3 letters), read from its top 50, so
   punctuation or word pieces cannot use up its 5 guesses; its plain top-5 is reported too (``model_raw_top5``);
-* the unigram baseline: always the 5 most frequent such words of the training corpus.
+* the unigram baseline: always the 5 most frequent such words of the training corpus; and a stronger in-domain
+  unigram, the 5 most frequent words of the training split's ICD-10-CM descriptions (both are reported).
 
 The model runs through the public ``pipeline("fill-mask", trust_remote_code=True)`` on the saved folder, so the check
 also proves that the folder loads.
@@ -46,6 +48,8 @@ class DemoCheckResult:
     model_raw_top5_accuracy: float  # plain top-5 of fill-mask, punctuation and word pieces included
     baseline_top5_accuracy: float
     baseline_words: list[str]
+    domain_baseline_top5_accuracy: float = 0.0  # unigram of the training ICD-10-CM descriptions (stronger)
+    domain_baseline_words: list[str] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few, for the model card / log
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,14 +57,14 @@ class DemoCheckResult:
 
 
 def icd10cm_descriptions(split: datasets.Dataset, source: str = "icd10cm") -> list[str]:
-    """The code descriptions (first line, without the ``ICD-10-CM code X:`` header) of ``source`` documents."""
+    """The first lines (``ICD-10-CM code X: description``) of ``source`` documents, as the model saw such lines."""
     descriptions = []
     for text, doc_source in zip(split["text"], split["source"]):
         if doc_source != source:
             continue
-        match = _ICD10CM_HEADER.match(text.split("\n", 1)[0])
-        if match:
-            descriptions.append(match.group(1).strip())
+        line = text.split("\n", 1)[0].strip()
+        if _ICD10CM_HEADER.match(line):
+            descriptions.append(line)
     return descriptions
 
 
@@ -93,7 +97,8 @@ def make_masked_examples(
     examples = []
     for index in order:
         text = descriptions[index]
-        candidates = [m for m in _WORD.finditer(text) if is_single_token(tokenizer, m.group(0))]
+        description_start = text.index(":") + 1  # mask a word of the description, never of the code header
+        candidates = [m for m in _WORD.finditer(text, description_start) if is_single_token(tokenizer, m.group(0))]
         if not candidates:
             continue
         match = rng.choice(candidates)
@@ -120,10 +125,14 @@ def run_demo_check(
         raise ValueError("the held-out split has no ICD-10-CM documents (source 'icd10cm'): nothing to check")
     examples = make_masked_examples(descriptions, tokenizer, n_examples, seed)
     n_train = min(len(train), max_train_texts)
-    baseline_words = unigram_top_words(train.select(range(n_train))["text"], tokenizer)
+    train_texts = train.select(range(n_train))
+    baseline_words = unigram_top_words(train_texts["text"], tokenizer)  # the corpus unigram
+    # A stronger, in-domain unigram: the most frequent words of the training ICD-10-CM descriptions themselves.
+    train_descriptions = [line.split(":", 1)[1] for line in icd10cm_descriptions(train_texts)]
+    domain_words = unigram_top_words(train_descriptions, tokenizer) if train_descriptions else baseline_words
     fill = pipeline("fill-mask", model=str(model_dir), tokenizer=tokenizer, trust_remote_code=True)
     predictions = fill([text for text, _ in examples], top_k=_CANDIDATES, batch_size=32)
-    model_hits = raw_hits = baseline_hits = 0
+    model_hits = raw_hits = baseline_hits = domain_hits = 0
     shown = []
     for (text, word), candidates in zip(examples, predictions):
         predicted = [candidate["token_str"].strip().lower() for candidate in candidates]
@@ -131,6 +140,7 @@ def run_demo_check(
         model_hits += word.lower() in guesses
         raw_hits += word.lower() in predicted[:5]
         baseline_hits += word.lower() in baseline_words
+        domain_hits += word.lower() in domain_words
         if len(shown) < 5:
             shown.append({"text": text, "answer": word, "top5_words": guesses, "top5": predicted[:5]})
     n = len(examples)
@@ -140,12 +150,14 @@ def run_demo_check(
         model_raw_top5_accuracy=raw_hits / n if n else 0.0,
         baseline_top5_accuracy=baseline_hits / n if n else 0.0,
         baseline_words=baseline_words,
+        domain_baseline_top5_accuracy=domain_hits / n if n else 0.0,
+        domain_baseline_words=domain_words,
         examples=shown,
     )
     logger.info(
         "fill-mask check on %d held-out ICD-10-CM descriptions: model top-5 words %.3f (raw top-5 %.3f), "
-        "unigram baseline %.3f (%s)",
+        "corpus unigram baseline %.3f (%s), in-domain unigram baseline %.3f (%s)",
         n, result.model_top5_accuracy, result.model_raw_top5_accuracy, result.baseline_top5_accuracy,
-        ", ".join(baseline_words),
+        ", ".join(baseline_words), result.domain_baseline_top5_accuracy, ", ".join(domain_words),
     )
     return result

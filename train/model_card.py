@@ -122,7 +122,9 @@ def render_model_card(info: ModelCardInfo, repo_id: str = "<your-org>/clinical-m
              f"among the model's 5 best word predictions for **{check['model_top5_accuracy']:.1%}** of them "
              f"(plain top-5, punctuation included: {check['model_raw_top5_accuracy']:.1%}), against "
              f"{check['baseline_top5_accuracy']:.1%} for a unigram baseline that always guesses the 5 most "
-             f"frequent training words ({', '.join(check['baseline_words'])})."),
+             f"frequent training words ({', '.join(check['baseline_words'])}), and "
+             f"{check.get('domain_baseline_top5_accuracy', 0.0):.1%} for the stronger in-domain unigram "
+             f"({', '.join(check.get('domain_baseline_words', []))})."),
             "",
         ]
     lines += ["## Training data", ""]

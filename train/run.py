@@ -30,7 +30,7 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from train.config import ConfigError, TrainConfig
 from train.masking import IGNORE_INDEX, MaskingScheduleCallback, PackedMLMCollator
@@ -198,6 +198,8 @@ class MLMTrainer(Trainer):
             self.data_collator = train_collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:  # host-side count (numel is metadata: no device sync); packed batches have no padding
+            self.train_tokens_local = getattr(self, "train_tokens_local", 0) + inputs["input_ids"].numel()
         outputs = model(**inputs)
         # The model's loss is the mean over this micro-batch's masked tokens (its logits may be None in training:
         # it can compute the loss in chunks without storing them). mean x count = sum, re-normalised below.
@@ -220,6 +222,35 @@ class MLMTrainer(Trainer):
         stats = torch.stack([loss_sum, torch.tensor(float(targets.numel()), device=loss_sum.device),
                              correct.float()]).view(1, 3)
         return None, stats, stats
+
+
+class ThroughputCallback(TrainerCallback):
+    """Real tokens/s over the optimizer steps after `warmup_steps` (compilation and allocator warm-up excluded),
+    summed over processes, and this process's peak accelerator memory. Syncs the device only at the two ends."""
+
+    def __init__(self, warmup_steps: int = 5) -> None:
+        self.warmup_steps = warmup_steps
+        self.trainer: MLMTrainer | None = None
+        self.start: tuple[float, int] | None = None
+        self.tokens_per_second: float | None = None
+        self.peak_memory_gib: float | None = None
+
+    def _mark(self) -> tuple[float, int]:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter(), getattr(self.trainer, "train_tokens_local", 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup_steps:
+            self.start = self._mark()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            self.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
+        if self.start is None or state.global_step <= self.warmup_steps:
+            return
+        (t0, n0), (t1, n1) = self.start, self._mark()
+        self.tokens_per_second = (n1 - n0) * args.world_size / (t1 - t0)
 
 
 def compute_mlm_metrics(eval_prediction: Any) -> dict[str, float]:
@@ -341,6 +372,8 @@ class RunResult:
     train_seconds: float = 0.0
     resumed_from: str | None = None
     demo_check: dict[str, Any] | None = None
+    tokens_per_second: float | None = None  # real tokens/s after warm-up, all processes
+    peak_memory_gib: float | None = None
 
 
 def hardware_description() -> str:
@@ -397,6 +430,9 @@ def run(cfg: TrainConfig) -> RunResult:
         compute_metrics=compute_mlm_metrics,
         callbacks=[schedule],
     )
+    throughput = ThroughputCallback()
+    throughput.trainer = trainer
+    trainer.add_callback(throughput)
     resume = resolve_resume(cfg)
     if resume:
         logger.info("resuming from %s", resume)
@@ -453,6 +489,8 @@ def run(cfg: TrainConfig) -> RunResult:
         "global_step": result.global_step,
         "tokens_seen": tokens_seen,
         "train_seconds": round(train_seconds, 1),
+        "tokens_per_second": throughput.tokens_per_second,
+        "peak_memory_gib": throughput.peak_memory_gib,
         "total_seconds": round(time.time() - start, 1),
         "hardware": hardware_description(),
         "metrics": result.metrics,
@@ -461,6 +499,7 @@ def run(cfg: TrainConfig) -> RunResult:
         "demo_check": result.demo_check,
     }, indent=2) + "\n")
     logger.info("wrote the model folder %s (step %d, %s)", output_dir, result.global_step, result.metrics)
+    result.tokens_per_second, result.peak_memory_gib = throughput.tokens_per_second, throughput.peak_memory_gib
     return result
 
 
@@ -482,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     result = run(cfg)
     print(f"model folder: {result.output_dir}")
     print(f"steps: {result.global_step}, tokens seen: ~{result.tokens_seen:,}, train time: {result.train_seconds:.0f}s")
+    if result.tokens_per_second:
+        peak = f", peak memory {result.peak_memory_gib:.2f} GiB" if result.peak_memory_gib else ""
+        print(f"throughput: {result.tokens_per_second:,.0f} real tokens/s after warm-up{peak}")
     for name, report in result.pack_reports.items():
         print(f"packing {name}: fill rate {100 * report.fill_rate:.2f}% ({report.tokens:,} tokens, {report.bins} bins)")
     if result.metrics:
@@ -491,5 +533,6 @@ def main(argv: list[str] | None = None) -> int:
         check = result.demo_check
         print(f"fill-mask top-5 accuracy on {check['n_examples']} held-out ICD-10-CM descriptions: model "
               f"{check['model_top5_accuracy']:.3f} (word guesses; raw top-5 {check['model_raw_top5_accuracy']:.3f}) "
-              f"vs unigram baseline {check['baseline_top5_accuracy']:.3f}")
+              f"vs corpus unigram baseline {check['baseline_top5_accuracy']:.3f} "
+              f"(in-domain unigram {check['domain_baseline_top5_accuracy']:.3f})")
     return 0

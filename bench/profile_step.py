@@ -1,0 +1,120 @@
+"""Where the time of one training step of ours goes: a torch.profiler table of the costliest CUDA kernels.
+
+    python -m bench.profile_step --geometry base --shape train-1024 [--ours-config compile_layers=off]
+
+Prints the step time with and without `torch.compile` of the blocks around attention, then the kernel table of the
+configuration given, grouped into matmuls, attention, elementwise/normalisation and the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.bench import SHAPES, _parse_override, build_ours, geometry_config  # noqa: E402
+from bench.data import build_batch, sample_document_lengths  # noqa: E402
+
+KERNEL_GROUPS = {  # substring of a kernel name -> group; first match wins
+    "flash": "attention", "fmha": "attention", "attn": "attention",
+    "gemm": "matmul", "sm90_xmma": "matmul", "cutlass": "matmul", "nvjet": "matmul", "cublas": "matmul",
+    "triton": "fused elementwise (compiled)", "elementwise": "elementwise", "vectorized": "elementwise",
+    "layer_norm": "normalisation", "reduce": "reductions", "index": "indexing/gather", "scatter": "indexing/gather",
+    "adam": "optimizer", "foreach": "optimizer", "memcpy": "copies", "memset": "copies", "cat": "copies",
+}
+
+
+def kernel_group(name: str) -> str:
+    lowered = name.lower()
+    return next((group for key, group in KERNEL_GROUPS.items() if key in lowered), "other")
+
+
+def make_step(overrides: dict, geometry: str, shape_name: str):
+    shape = SHAPES["cuda"][shape_name]
+    config = geometry_config(geometry)
+    model = build_ours(config, "train", {"attention_backend": "flash_attention_2", **overrides}, torch.device("cuda"))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    lengths = sample_document_lengths(shape.rows, shape.seq_len, shape.padding, seed=0)
+    batch = build_batch(lengths, shape.seq_len, config.vocab_size, config.pad_token_id, config.mask_token_id)
+    inputs = batch.packed_inputs("cuda", with_labels=True)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, batch.real_tokens
+
+
+def time_step(step, warmup: int = 5, steps: int = 10) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--geometry", default="base")
+    parser.add_argument("--shape", default="train-1024")
+    parser.add_argument("--ours-config", type=_parse_override, action="append", default=[])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    overrides = dict(args.ours_config)
+
+    report = {"geometry": args.geometry, "shape": args.shape, "step_ms": {}}
+    for mode in ("off", "on"):
+        step, tokens = make_step({**overrides, "compile_layers": mode}, args.geometry, args.shape)
+        ms = time_step(step)
+        report["step_ms"][f"compile_layers={mode}"] = ms
+        print(f"compile_layers={mode}: {ms:.1f} ms/step, {tokens / ms * 1e3:,.0f} real tokens/s")
+        del step
+        torch.cuda.empty_cache()
+
+    step, tokens = make_step({"compile_layers": "on", **overrides}, args.geometry, args.shape)
+    time_step(step, warmup=5, steps=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    groups: dict[str, float] = {}
+    for event in events:
+        group = kernel_group(event.key)
+        groups[group] = groups.get(group, 0.0) + event.self_device_time_total
+    print(f"\nGPU time by kernel group (3 steps, compile_layers=on, {total / 3e3:.1f} ms of kernels per step):")
+    for group, micros in sorted(groups.items(), key=lambda item: -item[1]):
+        print(f"  {group:<32} {micros / 3e3:8.2f} ms/step  {100 * micros / total:5.1f}%")
+    print("\ncostliest kernels:")
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:20]
+    for event in top:
+        print(f"  {event.self_device_time_total / 3e3:8.2f} ms/step  {event.count // 3:5d}x  {event.key[:100]}")
+    report["kernel_ms_per_step"] = total / 3e3
+    report["groups_ms_per_step"] = {g: m / 3e3 for g, m in groups.items()}
+    report["top_kernels"] = [{"name": e.key, "ms_per_step": e.self_device_time_total / 3e3, "calls": e.count // 3}
+                             for e in top]
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
