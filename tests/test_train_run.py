@@ -252,3 +252,23 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path):
     (tmp_path / "checkpoint-final").mkdir()  # not a step number: ignored
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric order: 10 > 2
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_torchrun_two_processes_gloo_on_cpu(corpus_dir, tmp_path):
+    """The same entry point under torchrun: 2 CPU processes (gloo), rank 0 prepares the data, one folder written."""
+    out = tmp_path / "ddp"
+    args = ["--preset", "demo", "--corpus", str(corpus_dir), "--cache_dir", str(tmp_path / "cache"),
+            "--output_dir", str(out), "--max_steps", "3", "--save_steps", "100", "--eval_steps", "100",
+            "--demo_check", "false"]
+    args += [item for key, value in TINY.items() for item in (f"--{key}", value)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 3
+    # 3 steps x 2 bins per process x 2 processes of <= 64 tokens: the token count covers both processes.
+    assert 3 * 2 * 2 * 40 < summary["tokens_seen"] <= 3 * 2 * 2 * 64

@@ -73,6 +73,7 @@ class TrainConfig:
     max_steps: int = 1000
     per_device_train_batch_size: int = 8  # packed examples (bins of max_seq_len tokens) per device and micro-step
     per_device_eval_batch_size: int = 8
+    eval_on_start: bool = True  # evaluate at step 0 too, so the loss curve shows where training started
     max_eval_samples: int | None = None  # evaluate on this many packed validation examples (a seeded sample)
     gradient_accumulation_steps: int = 1
     seed: int = 42

@@ -307,6 +307,7 @@ def make_training_args(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
         "logging_steps": cfg.logging_steps,
         "logging_first_step": True,
         "eval_strategy": "steps" if has_eval else "no",
+        "eval_on_start": has_eval and cfg.eval_on_start,  # the step-0 loss that training improves on
         "eval_steps": cfg.eval_steps,
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
@@ -391,17 +392,22 @@ def run(cfg: TrainConfig) -> RunResult:
     start = time.time()
     # Fail fast: a tokenizer or checkpoint that cannot be loaded (offline Hub id) is reported before the corpus
     # is built, unless the tokenizer has to be trained on that corpus.
-    corpus = corpus_report = None
-    if cfg.train_tokenizer:
-        corpus, corpus_report = load_corpus(cfg)
-    tokenizer = prepare_tokenizer(cfg, corpus)
-    model = build_model(cfg, tokenizer)
-    if corpus is None:
-        corpus, corpus_report = load_corpus(cfg)
-    packed, pack_reports = pack_corpus(corpus, tokenizer, cfg.max_seq_len, cache_dir=cfg.cache_dir,
-                                       num_proc=cfg.num_proc)
-    if corpus_report is not None:
-        fill_corpus_report_tokens(corpus_report, pack_reports)
+    # Under torchrun/accelerate, rank 0 builds the corpus, tokenizer and packed cache first; the other ranks then
+    # read them from the cache. Each rank later reads only its own sampler's share of the memory-mapped bins.
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        corpus = corpus_report = None
+        if cfg.train_tokenizer:
+            corpus, corpus_report = load_corpus(cfg)
+        tokenizer = prepare_tokenizer(cfg, corpus)
+        model = build_model(cfg, tokenizer)
+        if corpus is None:
+            corpus, corpus_report = load_corpus(cfg)
+        packed, pack_reports = pack_corpus(corpus, tokenizer, cfg.max_seq_len, cache_dir=cfg.cache_dir,
+                                           num_proc=cfg.num_proc)
+        if corpus_report is not None:
+            fill_corpus_report_tokens(corpus_report, pack_reports)
 
     has_eval = "validation" in packed and len(packed["validation"]) > 0
     eval_dataset = packed["validation"] if has_eval else None
@@ -440,6 +446,8 @@ def run(cfg: TrainConfig) -> RunResult:
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - train_start
     metrics = trainer.evaluate() if has_eval else {}
+    if not trainer.is_world_process_zero():  # one process writes the model folder
+        return RunResult(output_dir=Path(cfg.output_dir), metrics=metrics, global_step=trainer.state.global_step)
 
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -489,6 +497,10 @@ def run(cfg: TrainConfig) -> RunResult:
         "global_step": result.global_step,
         "tokens_seen": tokens_seen,
         "train_seconds": round(train_seconds, 1),
+        "train_loss_history": [{"step": entry["step"], "loss": entry["loss"]}
+                               for entry in trainer.state.log_history if "loss" in entry],
+        "eval_history": [{"step": entry["step"], "eval_loss": entry["eval_loss"]}
+                         for entry in trainer.state.log_history if "eval_loss" in entry],
         "tokens_per_second": throughput.tokens_per_second,
         "peak_memory_gib": throughput.peak_memory_gib,
         "total_seconds": round(time.time() - start, 1),
