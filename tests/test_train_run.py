@@ -272,3 +272,43 @@ def test_torchrun_two_processes_gloo_on_cpu(corpus_dir, tmp_path):
     assert summary["global_step"] == 3
     # 3 steps x 2 bins per process x 2 processes of <= 64 tokens: the token count covers both processes.
     assert 3 * 2 * 2 * 40 < summary["tokens_seen"] <= 3 * 2 * 2 * 64
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
+    """A run killed with SIGKILL resumes from its last complete checkpoint; steps, data order and losses continue."""
+    import signal
+    import time
+
+    def command(out: Path) -> list[str]:
+        args = ["--preset", "demo", "--corpus", str(corpus_dir), "--cache_dir", str(tmp_path / "cache"),
+                "--output_dir", str(out), "--max_steps", "120", "--save_steps", "5", "--save_total_limit", "3",
+                "--eval_steps", "1000", "--demo_check", "false"]
+        return [sys.executable, "-m", "train", *args, *[x for k, v in TINY.items() for x in (f"--{k}", v)]]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed_out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "killed-checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints / "checkpoint-10").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_out / "model.safetensors").exists()
+    resumed = subprocess.run(command(killed_out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    plain = subprocess.run(command(tmp_path / "plain"), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+
+    def losses(out: Path) -> dict[int, float]:
+        summary = json.loads((out / "training_summary.json").read_text())
+        assert summary["global_step"] == 120
+        return {entry["step"]: entry["loss"] for entry in summary["train_loss_history"]}
+
+    killed, uninterrupted = losses(killed_out), losses(tmp_path / "plain")
+    assert sorted(killed) == sorted(uninterrupted) == list(range(1, 121))
+    for step in range(1, 121):
+        assert killed[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step

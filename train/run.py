@@ -30,7 +30,7 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from train.config import ConfigError, TrainConfig
 from train.masking import IGNORE_INDEX, MaskingScheduleCallback, PackedMLMCollator
@@ -401,6 +401,9 @@ def run(cfg: TrainConfig) -> RunResult:
         if cfg.train_tokenizer:
             corpus, corpus_report = load_corpus(cfg)
         tokenizer = prepare_tokenizer(cfg, corpus)
+        # Seed right before the weights are drawn: whether the tokenizer was trained or read from the cache must
+        # not change the initial model.
+        set_seed(cfg.seed)
         model = build_model(cfg, tokenizer)
         if corpus is None:
             corpus, corpus_report = load_corpus(cfg)
