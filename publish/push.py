@@ -189,6 +189,10 @@ ALLOWED_ARTIFACTS: dict[str, AllowedArtifact] = {
     "figures/*.png": _FIGURE,
     "eval_results.json": _METRICS,
     "results.json": _METRICS,
+    "training_summary.json": AllowedArtifact(
+        "run summary written by `python -m train`: settings, metrics, document/token counts (checked like metrics)",
+        check_metrics_only,
+    ),
     "modules.json": AllowedArtifact("sentence-transformers module list"),
     "sentence_bert_config.json": AllowedArtifact("sentence-transformers settings"),
     "config_sentence_transformers.json": AllowedArtifact("sentence-transformers version and prompts"),

@@ -89,6 +89,10 @@ def test_cli_writes_a_complete_hub_folder(corpus_dir, tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "model-checkpoints").iterdir())
     assert checkpoints == ["checkpoint-2", "checkpoint-4"]
 
+    from publish.push import check_model_folder
+
+    assert check_model_folder(out).ok, check_model_folder(out).problems()  # the push guard accepts the folder
+
     card = (out / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata == {
