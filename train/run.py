@@ -15,6 +15,7 @@ The steps, each in its own module:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -377,6 +378,33 @@ class RunResult:
     peak_memory_gib: float | None = None
 
 
+@contextlib.contextmanager
+def main_process_first():
+    """Under torchrun (WORLD_SIZE > 1), rank 0 runs the block first and the other ranks after it.
+
+    The process group is started here (gloo on CPU, NCCL on GPUs) and the Trainer reuses it. accelerate's
+    `PartialState` is not used for this: on CPU under torchrun it reports a single process, which made the
+    "wait for rank 0" a no-op and let every rank build the same caches at once.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    is_main = dist.get_rank() == 0
+    if not is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if is_main:
+            dist.barrier()
+
+
 def hardware_description() -> str:
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -394,9 +422,7 @@ def run(cfg: TrainConfig) -> RunResult:
     # is built, unless the tokenizer has to be trained on that corpus.
     # Under torchrun/accelerate, rank 0 builds the corpus, tokenizer and packed cache first; the other ranks then
     # read them from the cache. Each rank later reads only its own sampler's share of the memory-mapped bins.
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
+    with main_process_first():
         corpus = corpus_report = None
         if cfg.train_tokenizer:
             corpus, corpus_report = load_corpus(cfg)
