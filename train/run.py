@@ -560,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     preset, overrides = parse_cli(argv)
     cfg = load_config(preset, overrides)
     result = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     print(f"model folder: {result.output_dir}")
     print(f"steps: {result.global_step}, tokens seen: ~{result.tokens_seen:,}, train time: {result.train_seconds:.0f}s")
     if result.tokens_per_second:
