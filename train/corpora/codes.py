@@ -30,7 +30,7 @@ from lxml import etree
 from tqdm.auto import tqdm
 
 from train.corpora import package_data
-from train.corpora.common import CorpusError, dataset_from_rows, describe_read_error, is_read_error, open_binary
+from train.corpora.common import READ_ERRORS, CorpusError, dataset_from_rows, describe_read_error, open_binary
 from train.corpora.report import SourceReport
 
 logger = logging.getLogger(__name__)
@@ -350,11 +350,7 @@ def iter_icd10cm_tabular(path: str | Path | None = None) -> Iterator[Icd10cmCode
                 chapter.clear(keep_tail=False)
     except etree.XMLSyntaxError as error:
         raise CorpusError(f"{path}: malformed XML at line {error.lineno}: {error.msg}") from error
-    except CorpusError:
-        raise
-    except Exception as error:
-        if not is_read_error(error):
-            raise
+    except READ_ERRORS as error:
         raise CorpusError(describe_read_error(path, error)) from error
 
 
@@ -514,11 +510,7 @@ def iter_code_file(path: str | Path, system: str, report: SourceReport | None = 
                     logger.warning("%s line %d: %s; line skipped", path, number, error)
                     continue
                 yield CodeEntry(code=formatted, description=description, billable=billable, line=number)
-    except CorpusError:
-        raise
-    except Exception as error:
-        if not is_read_error(error):
-            raise
+    except READ_ERRORS as error:
         raise CorpusError(describe_read_error(path, error)) from error
 
 
@@ -626,11 +618,7 @@ def iter_hpo_terms(path: str | Path | None = None) -> Iterator[HpoTerm]:
                     term.is_obsolete = value == "true"
             if term is not None:
                 yield term
-    except CorpusError:
-        raise
-    except Exception as error:
-        if not is_read_error(error):
-            raise
+    except READ_ERRORS as error:
         raise CorpusError(describe_read_error(path, error)) from error
 
 

@@ -40,9 +40,8 @@ def describe_read_error(path: str | Path, error: BaseException) -> str:
     return f"{path}: {type(error).__name__}: {error}"
 
 
-def is_read_error(error: BaseException) -> bool:
-    """True for the errors a damaged or missing file raises while being read."""
-    return isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile, OSError, UnicodeDecodeError))
+# The errors a damaged or missing file raises while being read (CorpusError is none of them).
+READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError, UnicodeDecodeError)
 
 
 @contextmanager

@@ -21,10 +21,10 @@ from datasets import Dataset, DatasetDict, Features, Value
 from tqdm.auto import tqdm
 
 from train.corpora.common import (
+    READ_ERRORS,
     CorpusError,
     dataset_from_rows,
     describe_read_error,
-    is_read_error,
     open_text,
     split_by_key,
 )
@@ -153,11 +153,7 @@ def iter_mimic_notes(path: str | Path, report: SourceReport, progress: bool = Tr
     except csv.Error as error:
         # csv.Error messages describe the syntax problem, never the field content.
         raise CorpusError(f"{path} line {reader.line_num}: broken CSV ({error})") from error
-    except CorpusError:
-        raise
-    except Exception as error:
-        if not is_read_error(error):
-            raise
+    except READ_ERRORS as error:
         raise CorpusError(describe_read_error(path, error)) from error
     finally:
         bar.close()

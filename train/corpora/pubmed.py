@@ -32,7 +32,7 @@ from datasets import Dataset, Features, Value
 from lxml import etree
 from tqdm.auto import tqdm
 
-from train.corpora.common import CorpusError, dataset_from_rows, describe_read_error, is_read_error, open_binary
+from train.corpora.common import READ_ERRORS, CorpusError, dataset_from_rows, describe_read_error, open_binary
 from train.corpora.report import SourceReport
 
 logger = logging.getLogger(__name__)
@@ -214,11 +214,7 @@ def iter_pubmed_file(
     except etree.XMLSyntaxError as error:
         message = f"{path}: malformed XML at line {error.lineno}, column {error.position[1]}: {error.msg}"
         _handle_broken_file(message, error, report, on_error)
-    except CorpusError:
-        raise
-    except Exception as error:
-        if not is_read_error(error):
-            raise
+    except READ_ERRORS as error:
         _handle_broken_file(describe_read_error(path, error), error, report, on_error)
     finally:
         bar.close()
