@@ -8,7 +8,11 @@ Checks that raise a clear error instead of silently dropping data:
 - a required split is missing (the message names the task and the splits that exist);
 - a required field is missing (names the split and the columns that exist);
 - dev/test labels that never occur in train (names the labels), since the head cannot predict them;
-- a malformed CoNLL line (names `file:line`).
+- a malformed CoNLL line (names `file:line`);
+- qa rows: an answer whose `answer_start` does not point at its text in the context, an answer missing `text` or
+  `answer_start`, or no answer at all without `version_2_with_negative` (names the split, the row and its id);
+- multiple_choice rows: a missing choice, a label that is not a valid index/key/text of the row's choices, or a
+  number of choices different from the task's (names the split and the row).
 
 Rows with an empty text or a missing label are skipped and counted in the `DataReport`, which is logged.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 
 from eval.tasks import TaskSpec
 
@@ -262,11 +267,154 @@ def check_unseen_labels(task: str, train_labels: Iterable[str], split_labels: Ma
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Question answering and multiple choice rows
+
+
+def row_location(task: str, split: str, index: int, row: Mapping[str, Any]) -> str:
+    """'Task 't', split 'dev', row 3 (id 'q7')': rows count from 0 in the order the split was read."""
+    row_id = row.get("id")
+    return f"Task {task!r}, split {split!r}, row {index}" + (f" (id {row_id!r})" if row_id is not None else "")
+
+
+def qa_answers(value: Any) -> tuple[list[str], list[int]]:
+    """(texts, answer_starts) of a SQuAD-style answers value.
+
+    Accepts the Hugging Face layout {"text": [...], "answer_start": [...]} (scalars are read as one answer) and the
+    original SQuAD JSON layout, a list of {"text": ..., "answer_start": ...}. Raises ValueError saying what is
+    wrong; `check_qa_row` adds the row.
+    """
+    if isinstance(value, Mapping):
+        missing = [key for key in ("text", "answer_start") if value.get(key) is None]
+        if missing:
+            raise ValueError(f"answers has no {' or '.join(repr(key) for key in missing)} "
+                             f"(expected {{'text': [...], 'answer_start': [...]}}), got {dict(value)!r}")
+        texts, starts = value["text"], value["answer_start"]
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        starts = [starts] if isinstance(starts, (int, float)) else list(starts)
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        texts, starts = [], []
+        for answer in value:
+            if not isinstance(answer, Mapping) or answer.get("text") is None or answer.get("answer_start") is None:
+                raise ValueError(f"each answer needs 'text' and 'answer_start', got {answer!r}")
+            texts.append(answer["text"])
+            starts.append(answer["answer_start"])
+    else:
+        raise ValueError(f"answers must be {{'text': [...], 'answer_start': [...]}}, got {value!r}")
+    if len(texts) != len(starts):
+        raise ValueError(f"answers has {len(texts)} text(s) but {len(starts)} answer_start(s)")
+    clean_starts = []
+    for text, start in zip(texts, starts):
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"answer text must be a non-empty string, got {text!r}")
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or float(start) != int(start):
+            raise ValueError(f"answer_start must be an integer character offset, got {start!r}")
+        clean_starts.append(int(start))
+    return list(texts), clean_starts
+
+
+def check_qa_row(spec: TaskSpec, split: str, index: int, row: Mapping[str, Any]) -> None:
+    """Raise `DataError` (naming the row) unless every answer's text sits at its answer_start in the context."""
+    where = row_location(spec.name, split, index, row)
+    context = row[spec.text_fields[1]]
+    try:
+        texts, starts = qa_answers(row[spec.label_field])
+    except ValueError as error:
+        raise DataError(f"{where}: field {spec.label_field!r}: {error}") from None
+    if not texts and not spec.extra.get("version_2_with_negative", False):
+        raise DataError(
+            f"{where}: no answer in {spec.label_field!r}. For SQuAD 2.0-style unanswerable questions set "
+            "extra: {version_2_with_negative: true} on the task; otherwise drop the row."
+        )
+    for text, start in zip(texts, starts):
+        found = context[start:start + len(text)] if start >= 0 else ""
+        if found != text:
+            hint = context.find(text)
+            raise DataError(
+                f"{where}: answer_start {start} does not match the answer text {text!r}: the context reads {found!r} "
+                "there" + (f" (the text first occurs at {hint})" if hint >= 0 else " (the text is not in the context)")
+            )
+
+
+def row_choices(spec: TaskSpec, row: Mapping[str, Any]) -> tuple[list[str], list[str] | None]:
+    """The choices of a multiple_choice row and, when they come as a mapping (MedQA options), their keys.
+
+    Several `choice_fields` give one choice each; one field holds a list, or a mapping key -> text (keys whose value
+    is None are dropped: `datasets` fills absent keys of a struct column with None).
+    """
+    if len(spec.choice_fields) > 1:
+        return [row[name] for name in spec.choice_fields], None
+    value = row[spec.choice_fields[0]]
+    if isinstance(value, Mapping):
+        keys = [key for key, text in value.items() if text is not None]
+        return [value[key] for key in keys], keys
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(f"field {spec.choice_fields[0]!r} must hold a list of choices or a mapping key -> choice, "
+                         f"got {value!r}")
+    return list(value), None
+
+
+def choice_label(value: Any, choices: Sequence[str], keys: Sequence[str] | None = None) -> int:
+    """The index of the correct choice: `value` is an index, a key of mapping choices, or the choice's text."""
+    if isinstance(value, bool):
+        raise ValueError(f"label {value!r} is a boolean, not a choice index")
+    if isinstance(value, (int, float, np.integer, np.floating)) and np.isfinite(value) and float(value) == int(value):
+        index = int(value)
+        if not 0 <= index < len(choices):
+            raise ValueError(f"label {index} is out of range for {len(choices)} choices (0..{len(choices) - 1})")
+        return index
+    if isinstance(value, str):
+        if keys is not None and value in keys:
+            return list(keys).index(value)
+        if value in choices:
+            return list(choices).index(value)
+    raise ValueError(f"label {value!r} is neither a choice index (0..{len(choices) - 1})"
+                     + (f", a choice key {list(keys)}" if keys else "") + " nor the text of a choice")
+
+
+def check_choice_row(spec: TaskSpec, split: str, index: int, row: Mapping[str, Any],
+                     expected: dict[str, Any]) -> None:
+    """Raise `DataError` (naming the row) for a missing choice, a bad label or an unexpected number of choices.
+
+    `expected` carries the first row's number of choices across splits (every row of a task needs the same number:
+    a batch is a (batch, num_choices, seq) tensor and the head's softmax runs over num_choices).
+    """
+    where = row_location(spec.name, split, index, row)
+    try:
+        choices, keys = row_choices(spec, row)
+    except ValueError as error:
+        raise DataError(f"{where}: {error}") from None
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, str):
+            name = spec.choice_fields[position] if len(spec.choice_fields) > 1 else (
+                f"{spec.choice_fields[0]}[{keys[position] if keys else position}]")
+            raise DataError(f"{where}: choice field {name!r} is missing or not text (got {choice!r})")
+    if len(choices) < 2:
+        raise DataError(f"{where}: {len(choices)} choice(s); multiple choice needs at least 2")
+    try:
+        choice_label(row[spec.label_field], choices, keys)
+    except ValueError as error:
+        raise DataError(f"{where}: field {spec.label_field!r}: {error}") from None
+    if "n_choices" not in expected:
+        expected.update(n_choices=len(choices), where=f"split {split!r}, row {index}")
+    elif len(choices) != expected["n_choices"]:
+        raise DataError(
+            f"{where}: {len(choices)} choices, but {expected['where']} has {expected['n_choices']}. Every row of a "
+            "multiple_choice task needs the same number of choices: pad the short rows with a choice that is never "
+            "correct, or split the task by number of choices."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Main entry
 
 
-def _clean_split(spec: TaskSpec, split: str, rows: datasets.Dataset, report: DataReport) -> datasets.Dataset:
-    """Drop rows with an empty text or a missing label, counting each reason."""
+def _clean_split(spec: TaskSpec, split: str, rows: datasets.Dataset, report: DataReport,
+                 state: dict[str, Any] | None = None) -> datasets.Dataset:
+    """Drop rows with an empty text or a missing label, counting each reason; check qa / multiple_choice rows.
+
+    `state` is shared by the splits of one task (multiple_choice: the expected number of choices).
+    """
+    state = {} if state is None else state
     report.read[split] = len(rows)
     if spec.task_type == "token":
         text_fields: tuple[str, ...] = (spec.tokens_field,)
@@ -277,7 +425,9 @@ def _clean_split(spec: TaskSpec, split: str, rows: datasets.Dataset, report: Dat
     else:
         text_fields = spec.text_fields
         label_field = spec.label_field
-    check_fields(spec.name, split, rows.column_names, text_fields + ((label_field,) if label_field else ()))
+    choice_fields = spec.choice_fields if spec.task_type == "multiple_choice" else ()
+    check_fields(spec.name, split, rows.column_names,
+                 text_fields + choice_fields + ((label_field,) if label_field else ()))
 
     def keep(row: dict[str, Any]) -> bool:
         if any(row[name] is None or len(row[name]) == 0 for name in text_fields):
@@ -290,6 +440,14 @@ def _clean_split(spec: TaskSpec, split: str, rows: datasets.Dataset, report: Dat
         report.skip(split, "empty text", empty_text)
     if missing_label:
         report.skip(split, "missing label", missing_label)
+    if spec.task_type in ("qa", "multiple_choice"):  # before filtering, so errors name rows as they were read
+        for index, row in enumerate(rows):
+            if not keep(row):
+                continue
+            if spec.task_type == "qa":
+                check_qa_row(spec, split, index, row)
+            else:
+                check_choice_row(spec, split, index, row, state)
     if empty_text or missing_label:
         rows = rows.filter(keep)
     if spec.task_type == "token":
@@ -330,8 +488,9 @@ def load_task_data(
     check_splits(spec.name, raw.keys(), required_splits(spec.task_type))
     report = DataReport(task=spec.name, source=source)
     splits = {}
+    state: dict[str, Any] = {}
     for split in required_splits(spec.task_type):
-        rows = _clean_split(spec, split, raw[split], report)
+        rows = _clean_split(spec, split, raw[split], report, state)
         if split == "train":
             rows = _subsample(rows, max_train, seed)
         elif split in ("dev", "test"):

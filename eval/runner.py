@@ -10,6 +10,12 @@ Design choices:
   training-time evaluation (early stopping) and at test time. Training uses every window with its document's label.
 - Token tasks label the FIRST subword of each word (`align_labels_to_first_subword`); words cut off by the length
   limit are predicted "O" and counted in the results, so the entity scores stay honest.
+- Extractive QA follows `run_qa.py`: question + context in sliding windows (`chunk_stride` tokens of overlap, offset
+  mappings), start/end labels on the answer's tokens (the CLS position in windows without it), and answers
+  post-processed per question: the best-scoring valid span over all its windows (n-best start/end logits, at most
+  `max_answer_length` tokens), scored with SQuAD exact match / token F1.
+- Multiple choice follows `run_swag.py`: one (question, choice) pair per choice, a collator that pads to
+  (batch, num_choices, seq), and accuracy of the best-scoring choice.
 - Retrieval tasks are not trained: attention-mask-aware mean pooling, cosine similarity, ranking metrics.
 - Each seed trains a fresh model; results hold every seed's metrics and their mean and sample sd.
 """
@@ -41,6 +47,8 @@ from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -52,7 +60,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from eval.data import TaskData, load_task_data
+from eval.data import DataError, TaskData, choice_label, load_task_data, qa_answers, row_choices, row_location
 from eval.metrics import load_metric
 from eval.tasks import MAX_SUPPORTED_LENGTH, RUNNABLE_TASK_TYPES, TaskSpec, get_task
 
@@ -111,6 +119,8 @@ class RunConfig:
     lora_targets: tuple[str, ...] | None = None
     retrieval_batch_size: int = 64
     retrieval_top_k: int = 100
+    n_best_size: int = 20
+    max_answer_length: int = 30
     save_models: bool = False
     disable_tqdm: bool = False
     extra_training_args: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +133,9 @@ class RunConfig:
             raise ValueError("RunConfig.seeds must hold at least one seed")
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
+        if self.n_best_size < 1 or self.max_answer_length < 1:
+            raise ValueError(f"RunConfig: n_best_size ({self.n_best_size}) and max_answer_length "
+                             f"({self.max_answer_length}) must be positive")
 
     @property
     def mode_learning_rate(self) -> float:
@@ -213,6 +226,8 @@ def _model_class(task_type: str) -> type:
         "multi_label": AutoModelForSequenceClassification,
         "regression": AutoModelForSequenceClassification,
         "token": AutoModelForTokenClassification,
+        "qa": AutoModelForQuestionAnswering,
+        "multiple_choice": AutoModelForMultipleChoice,
     }
     if task_type not in classes:
         raise NotImplementedError(
@@ -229,7 +244,9 @@ def load_task_model(model_source: str, spec: TaskSpec, label_list: Sequence[str]
     problem_types = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
                      "regression": "regression"}
     kwargs: dict[str, Any] = {"trust_remote_code": True, "ignore_mismatched_sizes": True}
-    if spec.task_type == "regression":
+    if spec.task_type in ("qa", "multiple_choice"):
+        pass  # fixed-size heads: start/end logits per token, one score per choice
+    elif spec.task_type == "regression":
         kwargs.update(num_labels=1)
     else:
         kwargs.update(num_labels=len(label_list), id2label=dict(enumerate(label_list)),
@@ -296,7 +313,10 @@ def apply_mode(model: PreTrainedModel, spec: TaskSpec, config: RunConfig) -> tor
     elif config.mode == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        task_type = TaskType.TOKEN_CLS if spec.task_type == "token" else TaskType.SEQ_CLS
+        # qa and multiple_choice use the generic PeftModel, which passes every input through: peft has no
+        # multiple-choice type, and PeftModelForQuestionAnswering drops token_type_ids (BERT's segment ids).
+        task_type = {"token": TaskType.TOKEN_CLS, "qa": None, "multiple_choice": None}.get(spec.task_type,
+                                                                                          TaskType.SEQ_CLS)
         lora_config = LoraConfig(
             task_type=task_type,
             r=config.lora_r,
@@ -385,6 +405,10 @@ class Features:
     doc_index: list[int] = field(default_factory=list)  # sequence tasks: chunk -> document
     word_positions: list[list[int]] = field(default_factory=list)  # token tasks: words with a first subword
     n_truncated_words: int = 0
+    # qa: per window, the (start, end) character offsets of context tokens in the context (None elsewhere) and
+    # the position of its CLS token (the "no answer here" label)
+    offset_mapping: list[list[tuple[int, int] | None]] = field(default_factory=list)
+    cls_index: list[int] = field(default_factory=list)
 
 
 def _encode_label(spec: TaskSpec, value: Any, label_to_id: Mapping[str, int]) -> Any:
@@ -456,8 +480,214 @@ def token_features(rows: datasets.Dataset, spec: TaskSpec, tokenizer: Any, max_l
     return Features(dataset=dataset, n_docs=len(rows), word_positions=word_positions, n_truncated_words=n_truncated)
 
 
+def answer_token_span(offsets: Sequence[tuple[int, int] | None], start_char: int, end_char: int
+                      ) -> tuple[int, int] | None:
+    """Token positions (start, end) covering characters [start_char, end_char) of the context, or None.
+
+    `offsets` holds each token's character span in the context, None for tokens outside it (question, special
+    tokens). None when the window does not hold the whole answer. As in `run_qa.py`, the start token is the last
+    context token starting at or before `start_char`, the end token the first one ending at or after `end_char`.
+    """
+    context_positions = [position for position, offset in enumerate(offsets) if offset is not None]
+    if not context_positions:
+        return None
+    first, last = context_positions[0], context_positions[-1]
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return None
+    start = max(position for position in context_positions if offsets[position][0] <= start_char)
+    end = min(position for position in context_positions if position >= start and offsets[position][1] >= end_char)
+    return start, end
+
+
+def qa_features(rows: datasets.Dataset, spec: TaskSpec, tokenizer: Any, max_length: int, stride: int,
+                split: str = "?") -> Features:
+    """Question + context windows of at most `max_length` tokens with start/end labels (`run_qa.py`'s preparation).
+
+    A context that does not fit is cut into windows overlapping by `stride` tokens (`return_overflowing_tokens`);
+    the question is repeated in each. The label of a window is the token span of the row's first answer, or the
+    CLS position (0 without a CLS token) when the window does not hold the whole answer (and for unanswerable rows).
+    Every split gets labels, so dev/test also report a loss; offsets and the window -> row map are kept for
+    post-processing. Tokenizers without token_type_ids (ModernBERT) and with left padding are handled.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"Task {spec.name!r}: extractive QA needs a fast tokenizer (offset mappings); "
+                             f"{type(tokenizer).__name__} is not one")
+    question_field, context_field = spec.text_fields
+    questions = [question.lstrip() for question in rows[question_field]]  # leading spaces only waste the window
+    contexts = list(rows[context_field])
+    answers = list(rows[spec.label_field])
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    question_lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    for index, n_question in enumerate(question_lengths):
+        if max_length - n_special - n_question <= stride:
+            raise DataError(
+                f"{row_location(spec.name, split, index, rows[index])}: the question has {n_question} tokens, which "
+                f"leaves {max_length - n_special - n_question} of max_length={max_length} for the context, not more "
+                f"than the window overlap chunk_stride={stride}. Raise max_length or lower chunk_stride."
+            )
+    pad_on_right = tokenizer.padding_side == "right"
+    context_sequence = 1 if pad_on_right else 0
+    encoded = tokenizer(
+        questions if pad_on_right else contexts,
+        contexts if pad_on_right else questions,
+        truncation="only_second" if pad_on_right else "only_first",
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    columns: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "start_positions": [], "end_positions": []}
+    if "token_type_ids" in encoded:
+        columns["token_type_ids"] = []
+    doc_index, offset_mapping, cls_index = [], [], []
+    n_with_answer = 0
+    for window, sample in enumerate(encoded["overflow_to_sample_mapping"]):
+        input_ids = encoded["input_ids"][window]
+        sequence_ids = encoded.sequence_ids(window)
+        offsets = [tuple(offset) if sequence == context_sequence else None
+                   for offset, sequence in zip(encoded["offset_mapping"][window], sequence_ids)]
+        cls = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
+        texts, starts = qa_answers(answers[sample])
+        span = answer_token_span(offsets, starts[0], starts[0] + len(texts[0])) if texts else None
+        n_with_answer += span is not None
+        start, end = span if span is not None else (cls, cls)
+        for key in columns:
+            if key not in ("start_positions", "end_positions"):
+                columns[key].append(encoded[key][window])
+        columns["start_positions"].append(start)
+        columns["end_positions"].append(end)
+        doc_index.append(sample)
+        offset_mapping.append(offsets)
+        cls_index.append(cls)
+    logger.info("%s: %d questions in %d windows of <= %d tokens, %d windows hold their answer", spec.name,
+                len(rows), len(doc_index), max_length, n_with_answer)
+    return Features(dataset=datasets.Dataset.from_dict(columns), n_docs=len(rows), doc_index=doc_index,
+                    offset_mapping=offset_mapping, cls_index=cls_index)
+
+
+def multiple_choice_features(rows: datasets.Dataset, spec: TaskSpec, tokenizer: Any, max_length: int,
+                             split: str = "?") -> Features:
+    """One (first, second) pair per choice, `run_swag.py` style: (question, choice), or with two text fields
+    (context, "question choice"). Pairs longer than `max_length` are truncated longest-first (logged)."""
+    firsts: list[str] = []
+    seconds: list[str] = []
+    labels: list[int] = []
+    n_choices = None
+    for index, row in enumerate(rows):
+        choices, keys = row_choices(spec, row)
+        if n_choices is not None and len(choices) != n_choices:
+            raise DataError(f"{row_location(spec.name, split, index, row)}: {len(choices)} choices, but the rows "
+                            f"before it have {n_choices}; every row needs the same number of choices")
+        n_choices = len(choices)
+        labels.append(choice_label(row[spec.label_field], choices, keys))
+        firsts += [row[spec.text_fields[0]]] * n_choices
+        seconds += [f"{row[spec.text_fields[1]]} {choice}" for choice in choices] if spec.is_pair else list(choices)
+    full_lengths = [len(ids) for ids in tokenizer(firsts, seconds)["input_ids"]]
+    encoded = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length)
+    n_truncated = sum(length > max_length for length in full_lengths)
+    if n_truncated:
+        logger.warning("%s: %d of %d (question, choice) pairs truncated to %d tokens", spec.name, n_truncated,
+                       len(full_lengths), max_length)
+    n_choices = n_choices or 0
+    keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
+    columns: dict[str, list[Any]] = {
+        key: [encoded[key][start:start + n_choices] for start in range(0, len(firsts), n_choices)] for key in keys
+    }
+    columns["labels"] = labels
+    return Features(dataset=datasets.Dataset.from_dict(columns), n_docs=len(rows), doc_index=list(range(len(rows))))
+
+
+@dataclass
+class MultipleChoiceCollator:
+    """Pads a list of rows of `num_choices` encoded pairs into (batch, num_choices, seq) tensors (`run_swag.py`).
+
+    Every choice of every row is padded to the longest pair of the batch; `labels` (the correct choice) stay
+    (batch,). Rows with different numbers of choices cannot share a batch and raise a ValueError.
+    """
+
+    tokenizer: Any
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [dict(row) for row in rows]
+        labels = [row.pop("labels") for row in rows] if "labels" in rows[0] else None
+        counts = sorted({len(row["input_ids"]) for row in rows})
+        if len(counts) != 1:
+            raise ValueError(f"multiple choice batch mixes rows with {counts} choices; every row needs the same number")
+        n_choices = counts[0]
+        flat = [{key: values[choice] for key, values in row.items()} for row in rows for choice in range(n_choices)]
+        padded = self.tokenizer.pad(flat, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+                                    return_tensors="pt")
+        batch = {key: value.view(len(rows), n_choices, -1) for key, value in padded.items()}
+        if labels is not None:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Scoring
+
+
+def postprocess_qa_predictions(
+    contexts: Sequence[str],
+    doc_index: Sequence[int],
+    offset_mapping: Sequence[Sequence[tuple[int, int] | None]],
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    cls_index: Sequence[int] | None = None,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+    version_2_with_negative: bool = False,
+    null_score_diff_threshold: float = 0.0,
+) -> tuple[list[str], list[list[dict[str, Any]]]]:
+    """Answer text per question from window logits (`run_qa.py`'s `postprocess_qa_predictions`).
+
+    For every window of a question, the `n_best_size` best start and end positions among its context tokens are
+    paired; a pair is valid when end >= start and it spans at most `max_answer_length` tokens, and it scores
+    start_logit + end_logit. The answer is the context text of the best valid pair over all windows ("" if none).
+    With `version_2_with_negative`, the answer is "" when the lowest CLS score (start + end logit at the CLS
+    position) over the windows beats the best span by more than `null_score_diff_threshold`.
+    Logit rows may be longer than their window (the Trainer pads with -100); positions past the window are ignored.
+
+    Returns (answers, n-best lists of {"text", "score", "start_logit", "end_logit", "offsets"}, best first).
+    """
+    start_logits = np.asarray(start_logits, dtype=np.float64)
+    end_logits = np.asarray(end_logits, dtype=np.float64)
+    windows_of: list[list[int]] = [[] for _ in contexts]
+    for window, doc in enumerate(doc_index):
+        windows_of[doc].append(window)
+    answers, all_nbest = [], []
+    for doc, context in enumerate(contexts):
+        candidates: list[dict[str, Any]] = []
+        null_score = math.inf
+        for window in windows_of[doc]:
+            offsets = offset_mapping[window]
+            starts, ends = start_logits[window, :len(offsets)], end_logits[window, :len(offsets)]
+            cls = cls_index[window] if cls_index is not None else 0
+            null_score = min(null_score, starts[cls] + ends[cls])
+            in_context = np.array([offset is not None for offset in offsets], dtype=bool)
+            if not in_context.any():
+                continue
+            n_best = min(n_best_size, int(in_context.sum()))
+            best_starts = np.argsort(-np.where(in_context, starts, -np.inf), kind="stable")[:n_best]
+            best_ends = np.argsort(-np.where(in_context, ends, -np.inf), kind="stable")[:n_best]
+            for start in best_starts:
+                for end in best_ends:
+                    if end < start or end - start + 1 > max_answer_length:
+                        continue
+                    char_start, char_end = offsets[start][0], offsets[end][1]
+                    candidates.append({"text": context[char_start:char_end], "score": float(starts[start] + ends[end]),
+                                       "start_logit": float(starts[start]), "end_logit": float(ends[end]),
+                                       "offsets": (char_start, char_end)})
+        candidates.sort(key=lambda candidate: candidate["score"], reverse=True)
+        nbest = candidates[:n_best_size]
+        answer = nbest[0]["text"] if nbest else ""
+        if version_2_with_negative and (not nbest or null_score - nbest[0]["score"] > null_score_diff_threshold):
+            answer = ""
+        answers.append(answer)
+        all_nbest.append(nbest)
+    return answers, all_nbest
+
 
 
 def _main_output(predictions: Any) -> np.ndarray:
@@ -490,6 +720,10 @@ def score(spec: TaskSpec, metric_modules: Mapping[str, Any], outputs: np.ndarray
         inputs = {"predictions": outputs[:, 0].tolist(), "references": list(references)}
     elif spec.task_type == "token":
         inputs = {"predictions": outputs, "references": references}
+    elif spec.task_type == "qa":  # outputs: answer strings; references: gold answer texts per question
+        inputs = {"predictions": list(outputs), "references": [list(answers) for answers in references]}
+    elif spec.task_type == "multiple_choice":
+        inputs = {"predictions": np.asarray(outputs).argmax(-1).tolist(), "references": list(references)}
     else:
         raise NotImplementedError(f"no scoring for task_type {spec.task_type!r}")
     result: dict[str, float] = {}
@@ -502,18 +736,37 @@ def score(spec: TaskSpec, metric_modules: Mapping[str, Any], outputs: np.ndarray
 def _document_references(spec: TaskSpec, rows: datasets.Dataset, label_to_id: Mapping[str, int]) -> Any:
     if spec.task_type == "token":
         return [list(tags) for tags in rows[spec.label_field]]
+    if spec.task_type == "qa":
+        return [qa_answers(value)[0] for value in rows[spec.label_field]]
+    if spec.task_type == "multiple_choice":
+        return [choice_label(row[spec.label_field], *row_choices(spec, row)) for row in rows]
     return [_encode_label(spec, value, label_to_id) for value in rows[spec.label_field]]
 
 
 def make_compute_metrics(spec: TaskSpec, metric_modules: Mapping[str, Any], features: Features, rows: datasets.Dataset,
-                         label_list: Sequence[str], threshold: float) -> Callable[[Any], dict[str, float]]:
-    """`Trainer` compute_metrics for one evaluation split, scored per document (pooled) or per word."""
+                         label_list: Sequence[str], threshold: float, n_best_size: int = 20,
+                         max_answer_length: int = 30) -> Callable[[Any], dict[str, float]]:
+    """`Trainer` compute_metrics for one evaluation split, scored per document (pooled), per word, per question
+    (qa: answers post-processed from all windows) or per row (multiple choice)."""
     label_to_id = {label: index for index, label in enumerate(label_list)}
     references = _document_references(spec, rows, label_to_id)
     n_words = [len(tokens) for tokens in rows[spec.tokens_field]] if spec.task_type == "token" else []
+    contexts = list(rows[spec.text_fields[1]]) if spec.task_type == "qa" else []
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        if spec.task_type == "qa":
+            start_logits, end_logits = eval_pred.predictions[:2]
+            answers, _ = postprocess_qa_predictions(
+                contexts, features.doc_index, features.offset_mapping, start_logits, end_logits,
+                cls_index=features.cls_index, n_best_size=n_best_size,
+                max_answer_length=int(spec.extra.get("max_answer_length", max_answer_length)),
+                version_2_with_negative=bool(spec.extra.get("version_2_with_negative", False)),
+                null_score_diff_threshold=float(spec.extra.get("null_score_diff_threshold", 0.0)),
+            )
+            return score(spec, metric_modules, answers, references)
         logits = _main_output(eval_pred.predictions)
+        if spec.task_type == "multiple_choice":
+            return score(spec, metric_modules, logits, references)
         if spec.task_type == "token":
             tags = token_predictions_to_tags(logits, np.asarray(eval_pred.label_ids), features, label_list, n_words)
             return score(spec, metric_modules, tags, references, threshold)
@@ -592,6 +845,10 @@ def prepare_task(spec: TaskSpec, data: TaskData, tokenizer: Any, model_config: A
         rows = data.splits[split]
         if spec.task_type == "token":
             features[split] = token_features(rows, spec, tokenizer, max_length, label_to_id)
+        elif spec.task_type == "qa":
+            features[split] = qa_features(rows, spec, tokenizer, max_length, config.chunk_stride, split)
+        elif spec.task_type == "multiple_choice":
+            features[split] = multiple_choice_features(rows, spec, tokenizer, max_length, split)
         else:
             features[split] = sequence_features(rows, spec, tokenizer, max_length, config.chunk_stride, label_to_id)
     return PreparedTask(spec=spec, data=data, max_length=max_length, features=features)
@@ -600,7 +857,9 @@ def prepare_task(spec: TaskSpec, data: TaskData, tokenizer: Any, model_config: A
 def _collator(spec: TaskSpec, tokenizer: Any) -> Any:
     if spec.task_type == "token":
         return DataCollatorForTokenClassification(tokenizer)
-    return DataCollatorWithPadding(tokenizer)
+    if spec.task_type == "multiple_choice":
+        return MultipleChoiceCollator(tokenizer)
+    return DataCollatorWithPadding(tokenizer)  # qa: start/end positions are one number per window
 
 
 def train_one_seed(model_source: str, prepared: PreparedTask, tokenizer: Any, config: RunConfig, seed: int,
@@ -618,7 +877,8 @@ def train_one_seed(model_source: str, prepared: PreparedTask, tokenizer: Any, co
         data_collator=_collator(spec, tokenizer),
         processing_class=tokenizer,
         compute_metrics=make_compute_metrics(spec, metric_modules, prepared.features["dev"], data.splits["dev"],
-                                             data.label_list, config.threshold),
+                                             data.label_list, config.threshold, config.n_best_size,
+                                             config.max_answer_length),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)],
     )
     train_output = trainer.train()
@@ -627,7 +887,7 @@ def train_one_seed(model_source: str, prepared: PreparedTask, tokenizer: Any, co
     trainer.compute_metrics = None  # the dev scorer knows only dev's documents; test is scored below
     test_output = trainer.predict(test_features.dataset)
     test_metrics = make_compute_metrics(spec, metric_modules, test_features, data.splits["test"], data.label_list,
-                                        config.threshold)(test_output)
+                                        config.threshold, config.n_best_size, config.max_answer_length)(test_output)
     result = SeedResult(
         seed=seed,
         metrics=test_metrics,

@@ -31,14 +31,24 @@ TASK_TYPES: dict[str, str] = {
     "single_label": "one class per text (or text pair); softmax head",
     "multi_label": "any subset of classes per text; sigmoid head, one logit per class",
     "token": "one IOB2 tag per word; entity-level strict scoring with seqeval",
-    "qa": "extractive question answering (registry only; the runner does not train it yet)",
-    "multiple_choice": "pick one of several candidate texts (registry only; the runner does not train it yet)",
+    "qa": "extractive question answering: answer span in a context (SQuAD format); sliding windows; EM and token F1",
+    "multiple_choice": "pick one of several candidate answers; each (question, choice) pair scored; accuracy",
     "regression": "one real number per text (or text pair); MSE head",
     "retrieval": "no fine-tuning: mean-pooled embeddings, cosine similarity, ranking metrics",
 }
 
-# Tasks the runner can run today; the others can be registered and loaded but not trained.
-RUNNABLE_TASK_TYPES = ("single_label", "multi_label", "token", "regression", "retrieval")
+# Tasks the runner can run (today: every type in TASK_TYPES).
+RUNNABLE_TASK_TYPES = ("single_label", "multi_label", "token", "qa", "multiple_choice", "regression", "retrieval")
+
+# Defaults that replace the generic ones (text / label / accuracy+f1 / f1_macro) for task types whose data and
+# scores look different, when a spec leaves those fields at the generic default.
+_GENERIC_DEFAULTS: dict[str, Any] = {"text_fields": ("text",), "label_field": "label",
+                                     "metrics": ("accuracy", "f1"), "main_metric": "f1_macro"}
+TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qa": {"text_fields": ("question", "context"), "label_field": "answers", "metrics": ("squad",),
+           "main_metric": "f1"},
+    "multiple_choice": {"text_fields": ("question",), "metrics": ("accuracy",), "main_metric": "accuracy"},
+}
 
 MAX_SUPPORTED_LENGTH = 8192
 
@@ -59,14 +69,27 @@ class TaskSpec:
         task_type: one of `TASK_TYPES`.
         data: builder name, split->file mapping, saved-dataset folder or Hub dataset id (see module docstring).
         text_fields: one field, or two for text pairs (`retrieval` uses the `text` field of queries and corpus).
+            `qa`: exactly (question, context), default ("question", "context"). `multiple_choice`: (question,)
+            pairs each choice with the question; (context, question) pairs the context with "question choice"
+            (the SWAG layout); default ("question",).
         label_field: the label column (`labels` list for multi_label, `tags` for token tasks, a float for
-            regression, `relevant_ids` for retrieval queries).
+            regression, `relevant_ids` for retrieval queries, SQuAD-style `answers` = {"text": [...],
+            "answer_start": [...]} for qa, the correct choice's index, key or text for multiple_choice).
         metrics: names of local metric modules under `eval/metrics/`.
         main_metric: the number that reports and the model card show, and early stopping watches.
         description: one or two sentences for the report.
         max_length: tokens per input window; longer documents are chunked (sequence tasks) or truncated (token).
         tokens_field: for token tasks, the column with the list of words.
         hub_config: optional Hub dataset configuration name.
+        choice_fields: for multiple_choice, one field holding the list of choices (or a mapping key -> text,
+            e.g. MedQA's options {"A": ..., "B": ...}), or several fields holding one choice each (SWAG's
+            ending0..ending3, MedMCQA's opa..opd). Every row of a task must have the same number of choices.
+        extra: task-type options: qa reads `version_2_with_negative` (bool: rows with no answer are allowed and the
+            model may answer "", as in `run_qa.py`), `null_score_diff_threshold` (float, default 0) and
+            `max_answer_length` (tokens; overrides `RunConfig.max_answer_length`).
+
+    For `qa` and `multiple_choice`, fields left at the generic defaults (text_fields ("text",), label_field
+    "label", metrics ("accuracy", "f1"), main_metric "f1_macro") take that type's defaults (`TYPE_DEFAULTS`).
     """
 
     name: str
@@ -80,6 +103,7 @@ class TaskSpec:
     max_length: int = 128
     tokens_field: str = "tokens"
     hub_config: str | None = None
+    choice_fields: tuple[str, ...] = ("choices",)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +113,18 @@ class TaskSpec:
             )
         if isinstance(self.text_fields, str):  # a common YAML slip: `text_fields: text`
             object.__setattr__(self, "text_fields", (self.text_fields,))
+        if isinstance(self.choice_fields, str):
+            object.__setattr__(self, "choice_fields", (self.choice_fields,))
+        object.__setattr__(self, "text_fields", tuple(self.text_fields))
+        object.__setattr__(self, "choice_fields", tuple(self.choice_fields))
+        for key, value in TYPE_DEFAULTS.get(self.task_type, {}).items():
+            if getattr(self, key) == _GENERIC_DEFAULTS[key]:
+                object.__setattr__(self, key, value)
+        if self.task_type == "qa" and len(self.text_fields) != 2:
+            raise ValueError(f"Task {self.name!r}: a qa task needs text_fields (question, context), "
+                             f"got {self.text_fields!r}")
+        if self.task_type == "multiple_choice" and not self.choice_fields:
+            raise ValueError(f"Task {self.name!r}: a multiple_choice task needs choice_fields")
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"Task {self.name!r}: text_fields must name 1 or 2 fields, got {self.text_fields!r}")
         if not 8 <= self.max_length <= MAX_SUPPORTED_LENGTH:
@@ -217,7 +253,7 @@ def load_task_file(path: str | Path, overwrite: bool = False) -> list[TaskSpec]:
         entry = dict(entry)
         if isinstance(entry.get("data"), dict):
             entry["data"] = {split: str((path.parent / file).resolve()) for split, file in entry["data"].items()}
-        for key in ("text_fields", "metrics"):
+        for key in ("text_fields", "metrics", "choice_fields"):
             if isinstance(entry.get(key), list):
                 entry[key] = tuple(entry[key])
         try:

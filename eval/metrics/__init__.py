@@ -19,6 +19,7 @@ METRICS: dict[str, str] = {
     "seqeval_strict": "entity-level precision, recall, f1 (seqeval strict mode, IOB2 or IOBES), f1 per entity type",
     "correlation": "pearson and spearman correlation",
     "retrieval": "ndcg@k, mrr@k, recall@k for ranked document ids against relevant ids",
+    "squad": "exact_match and token f1 of answer strings (SQuAD normalisation; best over gold answers), fractions",
 }
 
 
