@@ -21,6 +21,7 @@ The unpadding helpers follow `AnswerDotAI/ModernBERT` (`src/bert_layers/padding.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -83,20 +84,37 @@ def compile_supported(device: torch.device) -> bool:
     return device.type == "cuda" and hasattr(torch, "compile") and importlib.util.find_spec("triton") is not None
 
 
-def maybe_compiled(fn, enabled: bool):
+def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
     """`fn` compiled once for all layers (parameters are graph inputs), or `fn` itself.
 
+    `memory_budget` is torch's `activation_memory_budget` for the graphs compiled for it: the share of activations
+    the backward may keep (1.0: the default min-cut choice; lower recomputes more to save memory).
     A compile error is logged once and the plain function is used from then on: compiling is an optimisation and
     must never break a model that runs without it.
     """
     if not enabled or fn in _compile_failed:
         return fn
-    if fn not in _compiled_functions:
-        _compiled_functions[fn] = torch.compile(fn, dynamic=True)
+    key = (fn, memory_budget)
+    if key not in _compiled_functions:
+        # One function serves every layer, whose variants (first layer, global/local window, dtypes, grad mode)
+        # each take a graph: allow more than dynamo's default of 8 before it gives up and runs eagerly.
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), 64))
+        _compiled_functions[key] = torch.compile(fn, dynamic=True)
+    compiled = _compiled_functions[key]
+    budget = contextlib.nullcontext()
+    if memory_budget < 1.0:
+        import torch._functorch.config
+
+        budget = torch._functorch.config.patch(activation_memory_budget=memory_budget)
 
     def run(*args, **kwargs):
         try:
-            return _compiled_functions[fn](*args, **kwargs)
+            with budget:
+                return compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             logger.warning(f"torch.compile of {fn.__name__} failed ({type(error).__name__}: {error}); running eagerly")
             _compile_failed.add(fn)
@@ -271,6 +289,7 @@ class AttentionContext:
     max_seqlen: int
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> (cos, sin), each (total_tokens, 1, head_dim)
     compile: bool = False  # run the blocks around attention through torch.compile
+    fused_varlen: bool = False  # attention is torch's varlen op, which torch.compile can trace with the whole layer
     padding: DocumentPadding | None = None  # built lazily by the padded backends
     masks: dict | None = None
 
@@ -476,6 +495,26 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
     return hidden_states + layer.mlp(layer.mlp_norm(hidden_states))
 
 
+def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    """A whole layer around torch's varlen kernel, one compiled graph.
+
+    `torch.nn.attention.varlen` is a torch custom op, so dynamo traces through it: q, k and v come straight out of
+    the fused norm/RoPE kernels (no stack/unbind copies), and their gradients go straight into `Wqkv`'s backward.
+    One graph per layer also means one Python call per layer and direction, which keeps the GPU fed.
+    """
+    attn = layer.attn
+    qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
+    q, k, v = qkv.unbind(1)
+    window = (-1, -1) if attn.local_window is None else (attn.local_window, attn.local_window)
+    out = _torch_varlen_attn(
+        apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+        scale=attn.scale, window_size=window,
+    )
+    hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
+    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states))
+
+
 class ClinicalModernBertEncoderLayer(nn.Module):
     def __init__(self, config: ClinicalModernBertConfig, layer_idx: int) -> None:
         super().__init__()
@@ -489,8 +528,12 @@ class ClinicalModernBertEncoderLayer(nn.Module):
         self.mlp = ClinicalModernBertMLP(config)
 
     def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
         cos, sin = ctx.rope[self.attn.layer_type]
+        if ctx.compile and ctx.fused_varlen:  # the whole layer in one compiled graph
+            return maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget)(
+                self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen
+            )
+        # Otherwise the attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
         qkv = maybe_compiled(_qkv_block, ctx.compile)(self.attn_norm, self.attn, hidden_states, cos, sin)
         return maybe_compiled(_output_block, ctx.compile)(self, hidden_states, self.attn.attend(qkv, ctx))
 
@@ -645,12 +688,29 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
         if packed.total_tokens == 0:  # every row is padding: nothing to attend over
             return self.final_norm(hidden_states), packed, all_hidden_states
 
+        device_type = hidden_states.device.type
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        if autocast_dtype is not None and self.config.residual_dtype == "autocast":
+            hidden_states = hidden_states.to(autocast_dtype)  # CUDA autocast still runs the norms in fp32
         ctx = AttentionContext(
             cu_seqlens=packed.cu_seqlens,
             max_seqlen=packed.max_seqlen,
             rope={name: rope(packed.position_ids) for name, rope in self.rotary_emb.items()},
             compile=self._use_compile(hidden_states.device),
         )
+        if ctx.compile:
+            compute_dtype = autocast_dtype or hidden_states.dtype
+            ctx.fused_varlen = (
+                self.config.attention_backend in ("auto", "flash_attention_2")
+                and _flash_attn_varlen_qkvpacked is None  # flash_attn's kernels keep the split path
+                and _torch_varlen_attn is not None
+                and hidden_states.is_cuda
+                and compute_dtype in (torch.float16, torch.bfloat16)
+                and not (self.training and self.config.attention_dropout > 0)
+            )
+            if ctx.fused_varlen:
+                _log_once("Clinical ModernBERT attention backend: flash_attention_2 (torch.nn.attention.varlen, "
+                          "compiled with each layer)")
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 hidden_states = self._gradient_checkpointing_func(partial(layer.__call__, ctx=ctx), hidden_states)
@@ -736,9 +796,62 @@ def _sequence_loss(config: ClinicalModernBertConfig, num_labels: int, logits: to
                      "multi_label_classification")
 
 
-def _mlm_loss_sum(head: nn.Module, decoder: nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of one chunk of masked tokens."""
-    return F.cross_entropy(decoder(head(hidden)).float(), labels, reduction="sum")
+def _cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of `(n, vocab)` logits and its gradient `softmax - onehot`, in the logits' dtype."""
+    logits32 = logits.float()
+    lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
+    loss = (lse.squeeze(1) - logits32.gather(1, labels[:, None]).squeeze(1)).sum()
+    grad = torch.exp(logits32 - lse).scatter_add(
+        1, labels[:, None], torch.full((labels.shape[0], 1), -1.0, device=logits.device)
+    )
+    return loss, grad.to(logits.dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """`sum(cross_entropy(hidden @ weight.T + bias, labels))`, `chunk` rows at a time, gradients made in forward.
+
+    Each chunk's logits are computed, turned into the loss and `d loss / d logits`, and multiplied back into the
+    gradients of `hidden`, `weight` and `bias` at once, so full-vocabulary logits never exist for more than one
+    chunk and backward is a scaling (the scheme of Liger-Kernel's fused linear cross-entropy). Matmuls run in
+    `compute_dtype` (the autocast dtype); the softmax and the weight-gradient accumulation run in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk, compute_dtype):
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            b = bias.to(compute_dtype) if bias is not None else None
+            grad_hidden = torch.empty_like(h) if need_hidden else None
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+            grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need_bias else None
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            compiled = maybe_compiled(_cross_entropy_and_grad, compile_supported(hidden.device))
+            for start in range(0, h.shape[0], chunk):
+                h_chunk = h[start : start + chunk]
+                # A one-row chunk would make dynamo specialise on size 1 and recompile: run it eagerly.
+                ce = compiled if h_chunk.shape[0] > 1 else _cross_entropy_and_grad
+                chunk_loss, grad_logits = ce(F.linear(h_chunk, w, b), labels[start : start + chunk])
+                loss += chunk_loss
+                if grad_hidden is not None:
+                    torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk])
+                if grad_weight is not None:
+                    grad_weight += (grad_logits.t() @ h_chunk).float()
+                if grad_bias is not None:
+                    grad_bias += grad_logits.float().sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.hidden_dtype = hidden.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = lambda grad: None if grad is None else grad * grad_loss  # noqa: E731
+        hidden_grad = scale(grad_hidden)
+        return (
+            hidden_grad.to(ctx.hidden_dtype) if hidden_grad is not None else None,
+            scale(grad_weight), scale(grad_bias), None, None, None,
+        )
 
 
 class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
@@ -758,17 +871,16 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
         return self.decoder
 
     def _chunked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
-        """Mean cross-entropy over masked tokens, `chunk` at a time, logits recomputed in backward."""
+        """Mean cross-entropy over masked tokens through `_LinearCrossEntropy`: no stored logits, no recomputation."""
         total = labels.shape[0]
         if total == 0:
             return hidden.sum() * 0.0  # no masked token in the batch: a zero loss that still has a graph
-        # Not compiled: dynamo inside a checkpoint's recomputation fails in backward, out of reach of a fallback.
-        loss_sum = sum(
-            torch.utils.checkpoint.checkpoint(
-                _mlm_loss_sum, self.head, self.decoder, hidden[start : start + chunk], labels[start : start + chunk],
-                use_reentrant=False,
-            )
-            for start in range(0, total, chunk)
+        device_type = hidden.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        compute_dtype = torch.get_autocast_dtype(device_type) if autocast else self.decoder.weight.dtype
+        head_out = self.head(hidden)
+        loss_sum = _LinearCrossEntropy.apply(
+            head_out, self.decoder.weight, self.decoder.bias, labels, chunk, compute_dtype
         )
         return loss_sum / total
 

@@ -359,7 +359,8 @@ class RunSettings:
 
 # Config fields recorded with every result: what actually ran (missing fields are recorded as None).
 RECORDED_CONFIG_FIELDS = {
-    "ours": ("attention_backend", "compile_layers", "mlm_loss_chunk_size", "sparse_prediction", "num_hidden_layers"),
+    "ours": ("attention_backend", "compile_layers", "mlm_loss_chunk_size", "residual_dtype", "sparse_prediction",
+             "num_hidden_layers"),
     "transformers": ("_attn_implementation", "sparse_prediction", "num_hidden_layers"),
 }
 

@@ -37,19 +37,33 @@ def _native(model: ClinicalModernBertForMaskedLM, attn_implementation: str) -> t
     return native
 
 
-def _run(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+def _run(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+         autocast: bool = False):
     """Forward + backward on a padded batch; returns (hidden at real tokens, {param: grad})."""
     model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, output_hidden_states=True)
     out.loss.backward()
     hidden = out.hidden_states[-1][mask.bool()]
     grads = {name: p.grad.detach().float().clone() for name, p in model.named_parameters() if p.grad is not None}
     return hidden.detach().float(), grads
 
 
+# Gradients of the attention weights of a global layer and of a local (sliding window) layer, and overall.
+PICKS = {"layer0_global_Wqkv": "model.layers.0.attn.Wqkv.weight",
+         "layer1_local_Wqkv": "model.layers.1.attn.Wqkv.weight",
+         "embeddings": "model.embeddings.tok_embeddings.weight"}
+
+
 def measure(num_layers: int = 4, lengths: tuple[int, ...] = (1500, 700, 300, 90, 17), seed: int = 0,
             device: str = "cuda") -> dict:
-    """Errors of ours (varlen bf16) and transformers (sdpa bf16) against our fp32 eager reference."""
+    """Errors against our fp32 eager reference, in two precisions.
+
+    - top level (`forward`, `backward`): bf16 weights, ours varlen vs transformers sdpa;
+    - `autocast`: fp32 weights under bf16 autocast, as the Trainer runs with `bf16=True`: ours in its training
+      configuration (compiled layers, bf16 residual stream, fused loss), ours with an fp32 residual stream, and
+      transformers sdpa.
+    """
     torch.manual_seed(seed)
     config = ClinicalModernBertConfig.from_preset("base", num_hidden_layers=num_layers, attention_backend="eager")
     reference = ClinicalModernBertForMaskedLM(config).to(device).train()
@@ -62,27 +76,34 @@ def measure(num_layers: int = 4, lengths: tuple[int, ...] = (1500, 700, 300, 90,
 
     ref_hidden, ref_grads = _run(reference, ids, mask, labels)
 
-    ours = ClinicalModernBertForMaskedLM(config).to(device)
-    ours.load_state_dict(reference.state_dict())
-    ours = ours.to(torch.bfloat16).train()
-    ours.config.attention_backend = "flash_attention_2"
-    our_hidden, our_grads = _run(ours, ids, mask, labels)
+    def errors(hidden: torch.Tensor, grads: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"forward": relative_error(hidden, ref_hidden),
+                **{label: relative_error(grads[name], ref_grads[name]) for label, name in PICKS.items()}}
 
-    native = _native(reference, "sdpa").to(device).to(torch.bfloat16).train()
-    native_hidden, native_grads = _run(native, ids, mask, labels)
+    def ours(dtype: torch.dtype, **overrides) -> ClinicalModernBertForMaskedLM:
+        model = ClinicalModernBertForMaskedLM(config).to(device)
+        model.load_state_dict(reference.state_dict())
+        for key, value in {"attention_backend": "flash_attention_2", **overrides}.items():
+            setattr(model.config, key, value)
+        return model.to(dtype).train()
 
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
-              "layers": num_layers, "lengths": list(lengths), "forward": {}, "backward": {}}
-    result["forward"] = {"ours_varlen_bf16": relative_error(our_hidden, ref_hidden),
-                         "transformers_sdpa_bf16": relative_error(native_hidden, ref_hidden)}
-    # Gradients of the attention weights of a global layer and of a local (sliding window) layer, and overall.
-    picks = {"layer0_global_Wqkv": "model.layers.0.attn.Wqkv.weight",
-             "layer1_local_Wqkv": "model.layers.1.attn.Wqkv.weight",
-             "embeddings": "model.embeddings.tok_embeddings.weight"}
-    for label, name in picks.items():
-        result["backward"][label] = {"ours_varlen_bf16": relative_error(our_grads[name], ref_grads[name]),
-                                     "transformers_sdpa_bf16": relative_error(native_grads[name], ref_grads[name])}
-    return result
+    bf16_ours = errors(*_run(ours(torch.bfloat16), ids, mask, labels))
+    bf16_native = errors(*_run(_native(reference, "sdpa").to(device).to(torch.bfloat16).train(), ids, mask, labels))
+    autocast = {
+        "ours_training": errors(*_run(ours(torch.float32, compile_layers="on"), ids, mask, labels, autocast=True)),
+        "ours_fp32_residual": errors(*_run(ours(torch.float32, compile_layers="on", residual_dtype="float32"),
+                                           ids, mask, labels, autocast=True)),
+        "transformers_sdpa": errors(*_run(_native(reference, "sdpa").to(device).train(), ids, mask, labels,
+                                          autocast=True)),
+    }
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
+        "layers": num_layers, "lengths": list(lengths),
+        "forward": {"ours_varlen_bf16": bf16_ours["forward"], "transformers_sdpa_bf16": bf16_native["forward"]},
+        "backward": {label: {"ours_varlen_bf16": bf16_ours[label], "transformers_sdpa_bf16": bf16_native[label]}
+                     for label in PICKS},
+        "autocast": autocast,
+    }
 
 
 def main() -> None:
@@ -96,6 +117,11 @@ def main() -> None:
     for label, row in rows.items():
         ratio = row["ours_varlen_bf16"] / row["transformers_sdpa_bf16"]
         print(f"{label:<28} {row['ours_varlen_bf16']:>18.3e} {row['transformers_sdpa_bf16']:>24.3e} {ratio:>7.2f}")
+    print("\nbf16 autocast, fp32 weights (relative error vs the fp32 reference):")
+    columns = list(result["autocast"])
+    print(f"{'quantity':<28} " + " ".join(f"{c:>22}" for c in columns))
+    for quantity in result["autocast"][columns[0]]:
+        print(f"{quantity:<28} " + " ".join(f"{result['autocast'][c][quantity]:>22.3e}" for c in columns))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 
 from configuration_clinical_modernbert import ClinicalModernBertConfig
@@ -184,6 +185,62 @@ def test_chunked_mlm_loss_equals_one_piece_loss_and_gradients():
         assert torch.allclose(chunked_grads[name], whole_grads[name], atol=1e-6), name
     with torch.no_grad():  # evaluation always returns the sparse logits
         assert model.eval()(input_ids=ids, labels=labels).logits is not None
+
+
+def test_fused_linear_cross_entropy_matches_autograd_under_bf16_autocast():
+    """The fused loss makes the same bf16-matmul loss and gradients as autograd through F.linear + cross_entropy."""
+    from modeling_clinical_modernbert import _LinearCrossEntropy
+
+    torch.manual_seed(7)
+    hidden = torch.randn(37, 32, requires_grad=True)
+    weight = torch.randn(128, 32, requires_grad=True)
+    bias = torch.randn(128, requires_grad=True)
+    labels = torch.randint(0, 128, (37,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, reduction="sum")
+    reference.backward(torch.tensor(0.5))
+    expected = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = _LinearCrossEntropy.apply(hidden, weight, bias, labels, 10, torch.bfloat16)  # 4 chunks, ragged
+    fused.backward(torch.tensor(0.5))
+    assert fused.dtype == torch.float32
+    assert torch.allclose(fused, reference, rtol=1e-3)
+    for got, want in zip((hidden.grad, weight.grad, bias.grad), expected):
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
+def test_fused_loss_with_a_frozen_decoder_trains_the_encoder_only():
+    torch.manual_seed(8)
+    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="sdpa", tie_word_embeddings=False)).train()
+    model.decoder.requires_grad_(False)
+    ids = torch.randint(5, 128, (2, 30))
+    labels = torch.where(torch.rand(ids.shape) < 0.4, ids, -100)
+    model(input_ids=ids, labels=labels).loss.backward()
+    assert model.decoder.weight.grad is None and model.decoder.bias.grad is None
+    assert model.model.layers[0].attn.Wqkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("residual_dtype, expected", [("autocast", torch.bfloat16), ("float32", torch.float32)])
+def test_residual_stream_dtype_under_autocast(residual_dtype, expected):
+    torch.manual_seed(9)
+    model = ClinicalModernBertModel(tiny_config(attention_backend="sdpa", residual_dtype=residual_dtype)).eval()
+    ids = torch.randint(5, 128, (2, 20))
+    with torch.no_grad():
+        reference = model(input_ids=ids).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=ids, output_hidden_states=True)
+    assert [h.dtype for h in out.hidden_states[1:]] == [expected] * model.config.num_hidden_layers
+    assert (out.last_hidden_state - reference).abs().max() < 0.1  # bf16 rounding, not a different model
+    with torch.no_grad():  # without autocast the option changes nothing
+        assert torch.equal(model(input_ids=ids).last_hidden_state, reference)
+
+
+def test_bad_residual_dtype_is_a_clear_error():
+    with pytest.raises(ValueError, match="residual_dtype='bf16' must be one of"):
+        tiny_config(residual_dtype="bf16")
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):

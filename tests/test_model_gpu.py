@@ -75,3 +75,47 @@ def test_compiled_training_step_matches_eager():
     compiled_loss, compiled_grad = step("on")
     assert abs(compiled_loss.item() - eager_loss.item()) <= 1e-2 * abs(eager_loss.item())
     assert (compiled_grad - eager_grad).norm() <= 5e-2 * eager_grad.norm()
+
+
+@pytest.mark.parametrize("quantity", ["forward", "layer0_global_Wqkv", "layer1_local_Wqkv", "embeddings"])
+def test_autocast_training_path_within_3x_of_transformers(parity, quantity):
+    """Under bf16 autocast (the Trainer's bf16=True): compiled whole layers, bf16 residual stream, fused loss."""
+    row = parity["autocast"]
+    assert row["ours_training"][quantity] <= 3 * row["transformers_sdpa"][quantity], row
+
+
+def test_compiled_varlen_layers_follow_new_shapes_without_recompiling():
+    """Every batch has a new total length and longest document: the compiled layer graphs must be reused
+    (dynamic shapes), not recompiled per batch, and must keep matching the eager path."""
+    import torch._dynamo.utils
+
+    import modeling_clinical_modernbert as modeling
+
+    torch.manual_seed(2)
+    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="flash_attention_2")).cuda().train()
+    generator = torch.Generator().manual_seed(3)
+
+    def batch():
+        lengths = torch.randint(3, 200, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator)
+        ids = torch.randint(5, 128, (1, int(lengths.sum())), generator=generator).cuda()
+        labels = torch.where(torch.rand(ids.shape, generator=generator).cuda() < 0.3, ids, -100)
+        cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda()
+        return dict(input_ids=ids, labels=labels, cu_seqlens=cu, max_seqlen=int(lengths.max()))
+
+    def loss(inputs, mode):
+        model.config.compile_layers = mode
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            value = model(**inputs).loss
+        value.backward()  # the backward graphs must follow the shapes too
+        model.zero_grad(set_to_none=True)
+        return value.float().item()
+
+    for _ in range(3):  # warm-up: the first compile, then the dynamic-shape recompile
+        loss(batch(), "on")
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for _ in range(8):
+        inputs = batch()
+        compiled, eager = loss(inputs, "on"), loss(inputs, "off")
+        assert abs(compiled - eager) <= 2e-2 * abs(eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert not modeling._compile_failed
