@@ -36,6 +36,13 @@ def test_layout_by_hand(tokenizer):
     assert set(batch) == {"input_ids", "position_ids", "cu_seqlens", "max_seqlen", "labels"}
 
 
+def test_positions_restart_at_one_token_documents(tokenizer):
+    examples = [{"input_ids": [CLS, 10, SEP, 11, 12, 13], "seq_lens": [3, 1, 2]}, {"input_ids": [14], "seq_lens": [1]}]
+    batch = PackedMLMCollator(tokenizer, seed=0)(examples)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1, 0]]
+    assert batch["cu_seqlens"].tolist() == [0, 3, 4, 6, 7]
+
+
 def test_padding_is_its_own_document(tokenizer):
     batch = PackedMLMCollator(tokenizer, pad_to_multiple_of=8)([{"input_ids": _doc(3), "seq_lens": [5]}])
     assert batch["cu_seqlens"].tolist() == [0, 5, 8]

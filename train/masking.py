@@ -171,9 +171,12 @@ class PackedMLMCollator:
         lens = torch.tensor(seq_lens, dtype=torch.int32)
         cu_seqlens = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
         cu_seqlens[1:] = torch.cumsum(lens, dim=0)
-        # Position of each token inside its document: global index minus the document's start offset.
-        starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lens.long())
-        position_ids = torch.arange(len(input_ids), dtype=torch.long) - starts
+        # Position of each token inside its document: a running count of ones that drops back to 0 at each
+        # document start (a cumsum; repeat_interleave of the start offsets costs several times more).
+        steps = torch.ones(len(input_ids), dtype=torch.long)
+        steps[0] = 0
+        steps[cu_seqlens[1:-1].long()] = 1 - lens[:-1].long()
+        position_ids = steps.cumsum(0)
         return {
             "input_ids": input_ids.unsqueeze(0),  # (1, T)
             "position_ids": position_ids.unsqueeze(0),  # (1, T)
