@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from train.config import load_config
+from train.config import ConfigError, load_config
 from train.demo_check import icd10cm_descriptions, make_masked_examples, unigram_top_words
 from train.model_card import ModelCardInfo, card_metadata
 from train.plots import loss_series
@@ -152,6 +152,46 @@ def test_resume_continues_the_step_count_and_reproduces_losses(corpus_dir, tmp_p
     # Same data order and, although the masking rate decays (cosine), the same masks: the same losses.
     for step in (4, 5, 6):
         assert resumed_losses[step] == pytest.approx(losses[step], rel=1e-6)
+
+
+def test_a_class_swapped_model_is_saved_as_its_own_class(tmp_path, tiny_tokenizer):
+    """FSDP2 swaps the model's class for a generated subclass from torch's sources; the saved folder must still
+    hold only our remote code, and the same weights."""
+    from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM
+    from train.run import plain_model
+
+    model = build_model(load_config("demo", {**TINY, "init_from": "none"}), tiny_tokenizer)
+    swapped_class = type("FSDPClinicalModernBertForMaskedLM", (ClinicalModernBertForMaskedLM,), {})
+    swapped_class.__module__ = "torch.distributed.fsdp._fully_shard._fsdp_state"
+    model.__class__ = swapped_class
+    state_dict = {key: value.clone() for key, value in model.state_dict().items()}
+    clean = plain_model(model, state_dict)
+    assert type(clean) is ClinicalModernBertForMaskedLM
+    assert clean.decoder.weight is clean.model.embeddings.tok_embeddings.weight  # still tied
+    for key, value in clean.state_dict().items():
+        assert torch.equal(value, state_dict[key]), key
+    clean.save_pretrained(tmp_path, state_dict=state_dict)
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == [
+        "configuration_clinical_modernbert.py", "modeling_clinical_modernbert.py"]
+    with pytest.raises(RuntimeError, match="missing .*model.final_norm.weight"):
+        plain_model(model, {k: v for k, v in state_dict.items() if k != "model.final_norm.weight"})
+
+
+def test_profile_steps_write_a_trace_and_a_summary(corpus_dir, tmp_path):
+    result = run(_config(corpus_dir, tmp_path, max_steps="4", profile_steps="2-3", eval_on_start="false"))
+    profile = tmp_path / "model-checkpoints" / "profile"
+    trace = json.loads((profile / "trace.json").read_text())
+    assert any(event.get("name") == "aten::mm" for event in trace["traceEvents"])  # the step's matmuls were seen
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())["profile"]
+    assert summary["steps"] == 2 and summary["wall_ms_per_step"] > 0
+    assert "Self CPU" in (profile / "summary.txt").read_text()
+    assert not (result.output_dir / "profile").exists()  # never inside the Hub folder
+
+
+@pytest.mark.parametrize("value", ["3", "0-2", "5-4", "a-b"])
+def test_bad_profile_steps_are_clear_errors(value):
+    with pytest.raises(ConfigError, match=f"profile_steps='{value}' must be 'START-END'"):
+        load_config("demo", {"profile_steps": value})
 
 
 def test_init_from_native_modernbert_loads_every_weight(tmp_path, tiny_tokenizer):

@@ -93,6 +93,7 @@ class TrainConfig:
     demo_check: bool = False  # fill-mask check on held-out ICD-10-CM descriptions after training
     demo_check_examples: int = 300
     training_args: dict = dataclasses.field(default_factory=dict)  # extra transformers.TrainingArguments fields
+    profile_steps: str | None = None  # "START-END": torch.profiler over these steps -> <checkpoint_dir>/profile
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 8:
@@ -103,8 +104,22 @@ class TrainConfig:
             raise ConfigError(f"decay_ratio={self.decay_ratio} must be in [0, 1]")
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"bf16={self.bf16!r} must be 'auto', 'true' or 'false'")
+        if self.profile_steps is not None:
+            self.profile_range  # noqa: B018 - validates the "START-END" string now, not after the corpus is built
         if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in ("false", "no"):
             self.resume_from_checkpoint = None
+
+    @property
+    def profile_range(self) -> tuple[int, int] | None:
+        """`profile_steps` as (first step, last step), both inclusive; None when profiling is off."""
+        if self.profile_steps is None:
+            return None
+        parts = str(self.profile_steps).split("-")
+        first, last = (int(p) if p.strip().isdigit() else -1 for p in parts) if len(parts) == 2 else (-1, -1)
+        if not 1 <= first <= last:
+            raise ConfigError(f"profile_steps={self.profile_steps!r} must be 'START-END' with 1 <= START <= END, "
+                              "e.g. '10-14'")
+        return first, last
 
     @property
     def resolved_checkpoint_dir(self) -> str:

@@ -254,6 +254,57 @@ class ThroughputCallback(TrainerCallback):
         self.tokens_per_second = (n1 - n0) * args.world_size / (t1 - t0)
 
 
+class ProfilerCallback(TrainerCallback):
+    """`torch.profiler` over optimizer steps `first..last` of the main process: where the Trainer's step goes.
+
+    Writes `trace.json` (open it in Perfetto or chrome://tracing) and `summary.txt` (top operators by device and
+    by CPU time) to `out_dir`, and logs the wall time per step against the GPU kernel time per step: a GPU busy
+    share well under 100% means the step waits on the host (Python, data loading, synchronisations).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, first: int, last: int) -> None:
+        self.out_dir, self.first, self.last = Path(out_dir), first, last
+        self.profiler: torch.profiler.profile | None = None
+        self.started_at = 0.0
+        self.summary: dict[str, float] | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.profiler is None and self.summary is None and state.global_step + 1 == self.first \
+                and state.is_world_process_zero:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+                torch.cuda.synchronize()
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.started_at = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is None or state.global_step < self.last:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - self.started_at
+        self.profiler.__exit__(None, None, None)
+        steps = self.last - self.first + 1
+        events = self.profiler.key_averages()
+        device_us = sum(getattr(event, "self_device_time_total", 0) for event in events)
+        self.summary = {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps,
+                        "gpu_kernel_ms_per_step": device_us / 1e3 / steps,
+                        "gpu_busy": device_us / 1e6 / wall if wall > 0 else 0.0}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.profiler.export_chrome_trace(str(self.out_dir / "trace.json"))
+        tables = [json.dumps(self.summary, indent=2)]
+        if torch.cuda.is_available():
+            tables.append(events.table(sort_by="self_device_time_total", row_limit=40))
+        tables.append(events.table(sort_by="self_cpu_time_total", row_limit=40))
+        (self.out_dir / "summary.txt").write_text("\n\n".join(tables) + "\n")
+        logger.info("profile of steps %d-%d: %.1f ms/step wall, %.1f ms/step of GPU kernels (GPU busy %.0f%%); "
+                    "trace and summary in %s", self.first, self.last, self.summary["wall_ms_per_step"],
+                    self.summary["gpu_kernel_ms_per_step"], 100 * self.summary["gpu_busy"], self.out_dir)
+        self.profiler = None
+
+
 def compute_mlm_metrics(eval_prediction: Any) -> dict[str, float]:
     """Token-weighted MLM loss, perplexity and accuracy from the per-batch sums of ``MLMTrainer.prediction_step``."""
     stats = torch.as_tensor(eval_prediction.predictions, dtype=torch.float64).reshape(-1, 3).sum(dim=0)
@@ -321,8 +372,32 @@ def make_training_args(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
         "dataloader_num_workers": cfg.dataloader_num_workers,
         "disable_tqdm": False,
         "use_cpu": not torch.cuda.is_available(),
+        # Every parameter of the MLM model gets a gradient each step: DDP need not search the graph for unused ones
+        # (the Trainer's default for models without gradient checkpointing), which costs time every step.
+        "ddp_find_unused_parameters": False,
     }
     return TrainingArguments(**{**values, **cfg.training_args})
+
+
+def plain_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """`model` as an instance of its own class, holding the full `state_dict`.
+
+    FSDP2 (`fully_shard`) swaps the class of a sharded module for a generated `FSDP<Name>` subclass defined in
+    torch's sources; `save_pretrained` would then copy those sources into the model folder as remote code. Such a
+    model is rebuilt from its config and the gathered full state dict; any other model is returned as it is.
+    """
+    from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM
+
+    if type(model) is ClinicalModernBertForMaskedLM:
+        return model
+    clean = ClinicalModernBertForMaskedLM(model.config)
+    missing, unexpected = clean.load_state_dict(state_dict, strict=False)
+    tied = {"decoder.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"the gathered state dict does not fit {type(clean).__name__}: missing "
+                           f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    clean.tie_weights()
+    return clean
 
 
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
@@ -465,9 +540,15 @@ def run(cfg: TrainConfig) -> RunResult:
         compute_metrics=compute_mlm_metrics,
         callbacks=[schedule],
     )
-    throughput = ThroughputCallback()
+    # Skip compilation, autotuning and allocator warm-up: the first tenth of the run, at least 10 steps.
+    throughput = ThroughputCallback(warmup_steps=min(max(10, cfg.max_steps // 10), cfg.max_steps - 1))
     throughput.trainer = trainer
     trainer.add_callback(throughput)
+    profiler = None
+    if cfg.profile_range is not None:
+        # Next to the checkpoints, not in the model folder: a trace is not a model artifact.
+        profiler = ProfilerCallback(Path(cfg.resolved_checkpoint_dir) / "profile", *cfg.profile_range)
+        trainer.add_callback(profiler)
     resume = resolve_resume(cfg)
     if resume:
         logger.info("resuming from %s", resume)
@@ -475,13 +556,15 @@ def run(cfg: TrainConfig) -> RunResult:
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - train_start
     metrics = trainer.evaluate() if has_eval else {}
+    # Every rank takes part: under FSDP this gathers the sharded parameters into one full state dict.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
     if not trainer.is_world_process_zero():  # one process writes the model folder
         return RunResult(output_dir=Path(cfg.output_dir), metrics=metrics, global_step=trainer.state.global_step)
 
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    final_model = trainer.accelerator.unwrap_model(trainer.model)
-    final_model.save_pretrained(output_dir)
+    final_model = plain_model(trainer.accelerator.unwrap_model(trainer.model), state_dict)
+    final_model.save_pretrained(output_dir, state_dict=state_dict)
     save_tokenizer(tokenizer, output_dir)
     curves = plot_loss_curves(trainer.state.log_history, output_dir / "loss_curve.png")
 
@@ -532,6 +615,7 @@ def run(cfg: TrainConfig) -> RunResult:
                          for entry in trainer.state.log_history if "eval_loss" in entry],
         "tokens_per_second": throughput.tokens_per_second,
         "peak_memory_gib": throughput.peak_memory_gib,
+        "profile": profiler.summary if profiler is not None else None,
         "total_seconds": round(time.time() - start, 1),
         "hardware": hardware_description(),
         "metrics": result.metrics,
