@@ -109,8 +109,10 @@ class ClinicalModernBertConfig(PretrainedConfig):
             `flash_attn` when installed, else `torch.nn.attention.varlen`), `"sdpa"`, `"eager"`, or `"auto"`
             (varlen on CUDA in bf16/fp16, sdpa everywhere else).
         compile_layers (`str`, defaults to `"auto"`): run the blocks around attention (norms, projections, RoPE,
-            GeGLU, residuals) through `torch.compile`: `"auto"` when training on CUDA with Triton installed, `"on"`
-            always (also inference; needs a working compiler), `"off"` never. A compile error falls back to eager.
+            GeGLU, residuals; with torch's varlen kernel the whole layer) through `torch.compile`: `"auto"` on CUDA
+            with Triton installed (the first batch then takes some seconds to compile), `"on"` always (needs a
+            working compiler), `"off"` never. Shapes are dynamic, so new batch shapes do not recompile. A compile
+            error falls back to eager.
         mlm_loss_chunk_size (`int`, defaults to 2048): in training, the sparse MLM loss runs over chunks of this many
             masked tokens with a fused linear cross-entropy that makes each chunk's gradients in the forward pass,
             so full-vocabulary logits never exist for more than one chunk (`logits` is then None); 0 returns the

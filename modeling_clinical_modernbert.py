@@ -658,7 +658,7 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
             return False
         if mode == "on":
             return True
-        return self.training and compile_supported(device)  # "auto": training on CUDA with Triton
+        return compile_supported(device)  # "auto": on CUDA with Triton, for training and inference alike
 
     def forward_packed(
         self,

@@ -266,7 +266,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     assert modeling._compile_failed == {modeling._qkv_block, modeling._output_block}
 
 
-def test_compile_auto_only_on_cuda_training():
+def test_compile_auto_only_on_cuda():
     model = ClinicalModernBertModel(tiny_config())
     cpu = torch.device("cpu")
     assert not model.train()._use_compile(cpu) and not model.eval()._use_compile(cpu)

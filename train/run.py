@@ -288,7 +288,10 @@ class ProfilerCallback(TrainerCallback):
         self.profiler.__exit__(None, None, None)
         steps = self.last - self.first + 1
         events = self.profiler.key_averages()
-        device_us = sum(getattr(event, "self_device_time_total", 0) for event in events)
+        # Kernels only: operators also report the time of their kernels, and ranges such as DDP's forward annotate.
+        device_us = sum(event.self_device_time_total for event in events
+                        if event.device_type == torch.autograd.DeviceType.CUDA
+                        and not getattr(event, "is_user_annotation", False))
         self.summary = {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps,
                         "gpu_kernel_ms_per_step": device_us / 1e3 / steps,
                         "gpu_busy": device_us / 1e6 / wall if wall > 0 else 0.0}
