@@ -26,6 +26,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,24 @@ def compile_supported(device: torch.device) -> bool:
     return device.type == "cuda" and hasattr(torch, "compile") and importlib.util.find_spec("triton") is not None
 
 
+def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> torch.fx.GraphModule:
+    """A joint-graph pass: never recompute torch's varlen attention op in backward; save its outputs instead.
+
+    Under `activation_memory_budget < 1` the compiler picks what backward recomputes with a knapsack over runtime
+    estimates from FLOP counts, in which attention looks cheap (torch 2.11 has no count for this op at all), so the
+    attention kernel ran twice per layer: forward, and again in backward. Marking the op MUST_SAVE bans it from
+    recomputation and keeps its outputs (the attention output and the log-sum-exp: one hidden-size row per token);
+    the budget is then met by recomputing the norms and GeGLU, which are cheap.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    op = torch.ops.torch_attn._varlen_attn.default
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target is op:
+            node.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # banned from recomputation: its outputs are saved
+    return graph
+
+
 def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
     """`fn` compiled once for all layers (parameters are graph inputs), or `fn` itself.
 
@@ -109,7 +128,10 @@ def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
     if memory_budget < 1.0:
         import torch._functorch.config
 
-        budget = torch._functorch.config.patch(activation_memory_budget=memory_budget)
+        settings = {"activation_memory_budget": memory_budget}
+        if _torch_varlen_attn is not None and hasattr(torch._functorch.config, "joint_custom_pass"):
+            settings["joint_custom_pass"] = _keep_attention_outputs
+        budget = torch._functorch.config.patch(**settings)
 
     def run(*args, **kwargs):
         try:

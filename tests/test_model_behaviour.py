@@ -272,3 +272,48 @@ def test_compile_auto_only_on_cuda():
     assert not model.train()._use_compile(cpu) and not model.eval()._use_compile(cpu)
     model.config.compile_layers = "on"
     assert model._use_compile(cpu)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
+    """The compiled layer's backward graph, as torch's partitioner makes it at activation_memory_budget=0.8: it
+    must not run the attention forward again. Traced on CPU (dynamo + AOT autograd with the partitioner inductor
+    uses, graphs captured, never run); without our pass the planner does recompute it (the control case)."""
+    pytest.importorskip("torch.nn.attention.varlen")
+    import torch._functorch.config as functorch_config
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    import modeling_clinical_modernbert as modeling
+
+    graphs: dict[str, torch.fx.GraphModule] = {}
+
+    def capture(kind):
+        def compiler(graph, example_inputs):
+            graphs[kind] = graph
+            return graph.forward
+        return compiler
+
+    backend = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"),
+                           partition_fn=min_cut_rematerialization_partition)
+    config = tiny_config(hidden_size=256, intermediate_size=384, num_attention_heads=4, num_hidden_layers=2,
+                         local_attention=128, max_position_embeddings=1024)
+    layer = ClinicalModernBertForMaskedLM(config).model.layers[1]
+    tokens, head_dim = 2048, 64
+    hidden = torch.randn(tokens, 256, requires_grad=True)
+    cos, sin = torch.randn(tokens, 1, head_dim), torch.randn(tokens, 1, head_dim)
+    cu_seqlens = torch.tensor([0, 900, 1500, 1900, 2048], dtype=torch.int32)
+    settings = {"activation_memory_budget": 0.8}
+    if keep:
+        settings["joint_custom_pass"] = modeling._keep_attention_outputs
+    compiled = torch.compile(modeling._varlen_layer_block, backend=backend, dynamic=True)
+    with functorch_config.patch(**settings), pytest.raises(NotImplementedError, match="flash_attention_forward"):
+        compiled(layer, hidden, cos, sin, cu_seqlens, 900)  # graphs are made, then the CUDA-only kernel refuses
+
+    def calls(kind, op):
+        return sum(node.target is op for node in graphs[kind].graph.nodes)
+
+    attention = torch.ops.torch_attn._varlen_attn.default
+    attention_backward = torch.ops.torch_attn._varlen_attn_backward.default
+    assert calls("forward", attention) == 1 and calls("backward", attention_backward) == 1
+    assert calls("backward", attention) == (0 if keep else 1)

@@ -119,3 +119,33 @@ def test_compiled_varlen_layers_follow_new_shapes_without_recompiling():
         assert abs(compiled - eager) <= 2e-2 * abs(eager)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert not modeling._compile_failed
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.5])
+def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget):
+    """With activation_memory_budget < 1, backward recomputes cheap activations; it must not rerun the attention
+    kernel (the planner prices ops by FLOPs, in which attention looks cheap; `_keep_attention_outputs`)."""
+    torch.manual_seed(4)
+    config = tiny_config(attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
+                         num_attention_heads=4, num_hidden_layers=4, local_attention=128, max_position_embeddings=1024,
+                         activation_memory_budget=budget, compile_layers="on")
+    model = ClinicalModernBertForMaskedLM(config).cuda().train()
+    lengths = torch.tensor([900, 600, 400, 148])
+    ids = torch.randint(5, 128, (1, int(lengths.sum())), device="cuda")
+    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
+    inputs = dict(input_ids=ids, labels=labels, max_seqlen=900,
+                  cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda())
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(**inputs).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # compile
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        step()
+        torch.cuda.synchronize()
+    ops = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CPU]
+    calls = (ops.count("aten::_flash_attention_forward"), ops.count("aten::_flash_attention_backward"))
+    assert calls == (config.num_hidden_layers, config.num_hidden_layers)
