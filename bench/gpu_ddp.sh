@@ -10,7 +10,7 @@ corpus=$1; out=$2; steps=${3:-100}; runs=${4:-"ddp1x32 ddp2x32 ddp2x16 accelerat
 mkdir -p "$out"
 common=(--preset base --corpus "$corpus" --init_from none --tokenizer none --train_tokenizer true
         --tokenizer_vocab_size 50368 --max_steps "$steps" --warmup_steps 10 --eval_steps 100000 --save_steps 100000
-        --max_eval_samples 64 --gradient_accumulation_steps 1 --dataloader_num_workers 4 --demo_check false
+        --max_eval_samples 64 --gradient_accumulation_steps ${GA:-1} --dataloader_num_workers 4 --demo_check false
         --logging_steps 5 --cache_dir "$out/cache")
 run() {  # name, launcher, per-device batch, extra arguments...
     local name=$1 launcher=$2 batch=$3; shift 3

@@ -22,19 +22,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench import SHAPES, _parse_override, build_ours, geometry_config  # noqa: E402
 from bench.data import build_batch, sample_document_lengths  # noqa: E402
-
-KERNEL_GROUPS = {  # substring of a kernel name -> group; first match wins
-    "flash": "attention", "fmha": "attention", "attn": "attention",
-    "gemm": "matmul", "sm90_xmma": "matmul", "cutlass": "matmul", "nvjet": "matmul", "cublas": "matmul",
-    "triton": "fused elementwise (compiled)", "elementwise": "elementwise", "vectorized": "elementwise",
-    "layer_norm": "normalisation", "reduce": "reductions", "index": "indexing/gather", "scatter": "indexing/gather",
-    "adam": "optimizer", "foreach": "optimizer", "memcpy": "copies", "memset": "copies", "cat": "copies",
-}
-
-
-def kernel_group(name: str) -> str:
-    lowered = name.lower()
-    return next((group for key, group in KERNEL_GROUPS.items() if key in lowered), "other")
+from train.profiling import kernel_group  # noqa: E402
 
 
 def make_step(overrides: dict, geometry: str, shape_name: str):

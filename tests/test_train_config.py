@@ -86,6 +86,8 @@ def test_bad_values_name_key_and_value():
         load_config("demo", {"max_steps": "0"})
     with pytest.raises(ConfigError, match=r"max_steps is not a dict"):
         load_config("demo", {"max_steps.x": "1"})
+    with pytest.raises(ConfigError, match=r"ddp_comm_hook='int8' must be one of none, bf16, fp16"):
+        load_config("demo", {"ddp_comm_hook": "int8"})
 
 
 def test_unknown_preset_and_missing_preset():

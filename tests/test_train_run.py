@@ -218,6 +218,38 @@ def test_init_from_native_modernbert_loads_every_weight(tmp_path, tiny_tokenizer
         assert torch.equal(ours[name], tensor), name
 
 
+def test_throughput_times_training_steps_only(monkeypatch):
+    """Evaluation and checkpoint time is not training time: the clock stops before them and restarts after."""
+    from types import SimpleNamespace
+
+    import train.run as run_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(run_module.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: False)
+    trainer = SimpleNamespace(train_tokens_local=0)
+    callback = run_module.ThroughputCallback(warmup_steps=2)
+    callback.trainer = trainer
+    args, state = SimpleNamespace(world_size=2, process_index=0), SimpleNamespace(global_step=0)
+    step_seconds = {1: 9.0, 2: 1.0, 3: 1.0, 4: 3.0, 5: 1.0, 6: 1.0}  # step 1: compilation; step 4: a stall
+    evaluate_after = {4}
+    for step in range(1, 7):
+        control = SimpleNamespace(should_evaluate=step in evaluate_after, should_save=False,
+                                  should_training_stop=step == 6)
+        callback.on_step_begin(args, state, control)
+        clock["now"] += step_seconds[step]
+        trainer.train_tokens_local += 1000
+        state.global_step = step
+        callback.on_step_end(args, state, control)
+        if control.should_evaluate:
+            clock["now"] += 50.0  # evaluation: not timed
+    callback.on_train_end(args, state, control)
+    # Timed: steps 3-6 = 6 s for 4,000 tokens per process, 2 processes.
+    assert callback.tokens_per_second == pytest.approx(2 * 4000 / 6.0)
+    # Step 5 follows the evaluation: its interval is timed but not a step time (it would include the restart).
+    assert callback.step_time_ms == {"median": 1000.0, "p90": 1000.0, "max": 3000.0, "steps": 3}
+
+
 def test_sparse_and_dense_logits_give_the_same_targets():
     labels = torch.tensor([[-100, 5, -100, 7]])
     dense = torch.arange(4 * 9, dtype=torch.float).view(1, 4, 9)
@@ -299,11 +331,12 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path):
 
 
 def test_torchrun_two_processes_gloo_on_cpu(corpus_dir, tmp_path):
-    """The same entry point under torchrun: 2 CPU processes (gloo), rank 0 prepares the data, one folder written."""
+    """The same entry point under torchrun: 2 CPU processes (gloo), rank 0 prepares the data, one folder written;
+    gradients all-reduced through a compression hook."""
     out = tmp_path / "ddp"
     args = ["--preset", "demo", "--corpus", str(corpus_dir), "--cache_dir", str(tmp_path / "cache"),
             "--output_dir", str(out), "--max_steps", "3", "--save_steps", "100", "--eval_steps", "100",
-            "--demo_check", "false"]
+            "--demo_check", "false", "--ddp_comm_hook", "fp16"]
     args += [item for key, value in TINY.items() for item in (f"--{key}", value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
@@ -312,7 +345,9 @@ def test_torchrun_two_processes_gloo_on_cpu(corpus_dir, tmp_path):
          "-m", "train", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
-    assert proc.returncode == 0, "\n".join(line for line in proc.stdout.splitlines() if "[default1]" in line)[-4000:]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert "gradient_as_bucket_view=True, broadcast_buffers=False, static_graph=False, comm hook fp16" in (
+        proc.stdout + proc.stderr)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == 3
     # 3 steps x 2 bins per process x 2 processes of <= 64 tokens: the token count covers both processes.

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DDP_COMM_HOOKS = ("none", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,8 @@ class TrainConfig:
     bf16: str = "auto"  # "auto": on when CUDA supports bf16; "true" / "false" to force
     dataloader_num_workers: int = 0
     torch_compile: bool = False
+    # DDP gradient all-reduce: "none" (fp32, exact) or "bf16"/"fp16" (torch's compression hooks: half the traffic)
+    ddp_comm_hook: str = "none"
     # --- outputs, evaluation, checkpoints
     output_dir: str = "outputs/base"  # the final Hub-ready model folder (no checkpoints inside)
     checkpoint_dir: str | None = None  # None: "<output_dir>-checkpoints"
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"decay_ratio={self.decay_ratio} must be in [0, 1]")
         if self.bf16 not in ("auto", "true", "false"):
             raise ConfigError(f"bf16={self.bf16!r} must be 'auto', 'true' or 'false'")
+        if self.ddp_comm_hook not in DDP_COMM_HOOKS:
+            raise ConfigError(f"ddp_comm_hook={self.ddp_comm_hook!r} must be one of {', '.join(DDP_COMM_HOOKS)}")
         if self.profile_steps is not None:
             self.profile_range  # noqa: B018 - validates the "START-END" string now, not after the corpus is built
         if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in ("false", "no"):

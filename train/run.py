@@ -36,6 +36,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 from train.config import ConfigError, TrainConfig
 from train.masking import IGNORE_INDEX, MaskingScheduleCallback, PackedMLMCollator
 from train.packing import PackReport, corpus_fingerprint, fill_corpus_report_tokens, pack_corpus
+from train.profiling import kernel_summary
 from train.tokenizer import (
     MODERNBERT_TOKENIZER_ID,
     check_tokenizer_matches_config,
@@ -184,9 +185,18 @@ class MLMTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, eval_data_collator: Callable | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, eval_data_collator: Callable | None = None, ddp_comm_hook: str = "none",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        self.ddp_comm_hook = ddp_comm_hook
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        handler = getattr(self.accelerator, "ddp_handler", None)
+        if handler is not None and hasattr(handler, "gradient_as_bucket_view"):
+            # DDP's gradients live in its all-reduce buckets: no copy into the buckets and back every step.
+            handler.gradient_as_bucket_view = True
 
     def get_eval_dataloader(self, eval_dataset=None):
         # Evaluation masks with its own collator (fixed rate, fixed seed) so eval losses are comparable over a run.
@@ -199,6 +209,16 @@ class MLMTrainer(Trainer):
             self.data_collator = train_collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not getattr(self, "_ddp_ready", False):
+            self._ddp_ready = True  # the first forward: before any backward, when DDP accepts a comm hook
+            if self.ddp_comm_hook != "none":
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+                hook = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+                model.register_comm_hook(None, hook[self.ddp_comm_hook])
+            logger.info("DDP over %d processes: gradient_as_bucket_view=%s, broadcast_buffers=%s, static_graph=%s, "
+                        "comm hook %s", self.accelerator.num_processes, model.gradient_as_bucket_view,
+                        model.broadcast_buffers, model.static_graph, self.ddp_comm_hook)
         if model.training:  # host-side count (numel is metadata: no device sync); packed batches have no padding
             self.train_tokens_local = getattr(self, "train_tokens_local", 0) + inputs["input_ids"].numel()
         outputs = model(**inputs)
@@ -226,32 +246,70 @@ class MLMTrainer(Trainer):
 
 
 class ThroughputCallback(TrainerCallback):
-    """Real tokens/s over the optimizer steps after `warmup_steps` (compilation and allocator warm-up excluded),
-    summed over processes, and this process's peak accelerator memory. Syncs the device only at the two ends."""
+    """Real tokens/s of the training steps after `warmup_steps` (compilation and allocator warm-up excluded), summed
+    over processes; this process's step times and peak accelerator memory.
+
+    Only training is timed: the clock stops before an evaluation or a checkpoint save (and the final ones) and
+    restarts at the next step, so a run's eval and save time do not dilute its throughput. The device is synced
+    only where the clock starts or stops. Step times are host-side intervals between step ends (no sync; the
+    host cannot run more than a step ahead of the device); their median, 90th percentile and maximum show whether
+    a slow run is slow at every step or stalls now and then.
+    """
 
     def __init__(self, warmup_steps: int = 5) -> None:
         self.warmup_steps = warmup_steps
         self.trainer: MLMTrainer | None = None
-        self.start: tuple[float, int] | None = None
+        self.open: tuple[float, int] | None = None  # (time, tokens) where the running interval started
+        self.timed_seconds = 0.0
+        self.timed_tokens = 0
+        self.last_step_end: float | None = None
+        self.step_seconds: list[float] = []
         self.tokens_per_second: float | None = None
         self.peak_memory_gib: float | None = None
+        self.step_time_ms: dict[str, float] | None = None
 
     def _mark(self) -> tuple[float, int]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter(), getattr(self.trainer, "train_tokens_local", 0)
 
+    def _close(self) -> None:
+        (t0, n0), (t1, n1) = self.open, self._mark()
+        self.timed_seconds += t1 - t0
+        self.timed_tokens += n1 - n0
+        self.open, self.last_step_end = None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.open is None and state.global_step >= self.warmup_steps > 0 and self.timed_seconds > 0:
+            self.open = self._mark()  # after an evaluation or a save
+
     def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self.open is not None and self.last_step_end is not None:
+            self.step_seconds.append(now - self.last_step_end)
         if state.global_step == self.warmup_steps:
-            self.start = self._mark()
+            self.open = self._mark()
+            self.last_step_end = self.open[0]
+        elif self.open is not None:
+            self.last_step_end = now
+        # The flow callback, registered first, has set these for the work that follows this step.
+        if self.open is not None and (control.should_evaluate or control.should_save or control.should_training_stop):
+            self._close()
 
     def on_train_end(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
             self.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
-        if self.start is None or state.global_step <= self.warmup_steps:
-            return
-        (t0, n0), (t1, n1) = self.start, self._mark()
-        self.tokens_per_second = (n1 - n0) * args.world_size / (t1 - t0)
+        if self.open is not None:
+            self._close()
+        if self.timed_seconds > 0:
+            self.tokens_per_second = self.timed_tokens * args.world_size / self.timed_seconds
+        if self.step_seconds:
+            times = sorted(1e3 * t for t in self.step_seconds)
+            self.step_time_ms = {"median": round(times[len(times) // 2], 2),
+                                 "p90": round(times[int(0.9 * (len(times) - 1))], 2),
+                                 "max": round(times[-1], 2), "steps": len(times)}
+            logger.info("process %d: step time median %.1f ms, p90 %.1f ms, max %.1f ms over %d timed steps",
+                        args.process_index, *(self.step_time_ms[k] for k in ("median", "p90", "max", "steps")))
 
 
 class ProfilerCallback(TrainerCallback):
@@ -288,13 +346,12 @@ class ProfilerCallback(TrainerCallback):
         self.profiler.__exit__(None, None, None)
         steps = self.last - self.first + 1
         events = self.profiler.key_averages()
-        # Kernels only: operators also report the time of their kernels, and ranges such as DDP's forward annotate.
-        device_us = sum(event.self_device_time_total for event in events
-                        if event.device_type == torch.autograd.DeviceType.CUDA
-                        and not getattr(event, "is_user_annotation", False))
+        kernels = kernel_summary(events, steps)
         self.summary = {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps,
-                        "gpu_kernel_ms_per_step": device_us / 1e3 / steps,
-                        "gpu_busy": device_us / 1e6 / wall if wall > 0 else 0.0}
+                        "gpu_kernel_ms_per_step": kernels["kernel_ms_per_step"],
+                        "gpu_busy": kernels["kernel_ms_per_step"] * steps / 1e3 / wall if wall > 0 else 0.0,
+                        "groups_ms_per_step": kernels["groups_ms_per_step"],
+                        "attention_calls_per_step": kernels["attention_calls_per_step"]}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.profiler.export_chrome_trace(str(self.out_dir / "trace.json"))
         tables = [json.dumps(self.summary, indent=2)]
@@ -378,7 +435,16 @@ def make_training_args(cfg: TrainConfig, has_eval: bool) -> TrainingArguments:
         # Every parameter of the MLM model gets a gradient each step: DDP need not search the graph for unused ones
         # (the Trainer's default for models without gradient checkpointing), which costs time every step.
         "ddp_find_unused_parameters": False,
+        # The only buffers are the constant RoPE frequencies: no broadcast (a collective) before every forward.
+        "ddp_broadcast_buffers": False,
+        # The NaN/inf filter reads every step's loss on the host: a device sync per step that idles the GPU while
+        # the host prepares the next one. Without it a NaN loss is logged as NaN, which is what one wants to see.
+        "logging_nan_inf_filter": False,
     }
+    if torch.cuda.is_available():
+        # Batches are copied to the GPU from pinned memory without blocking: a blocking copy waits for the whole
+        # previous step to finish, and the GPU then idles while the host prepares the next one.
+        values.update(dataloader_pin_memory=True, accelerator_config={"non_blocking": True})
     return TrainingArguments(**{**values, **cfg.training_args})
 
 
@@ -539,6 +605,7 @@ def run(cfg: TrainConfig) -> RunResult:
         eval_dataset=eval_dataset,
         data_collator=train_collator,
         eval_data_collator=eval_collator,
+        ddp_comm_hook=cfg.ddp_comm_hook,
         processing_class=tokenizer,
         compute_metrics=compute_mlm_metrics,
         callbacks=[schedule],
@@ -618,6 +685,7 @@ def run(cfg: TrainConfig) -> RunResult:
                          for entry in trainer.state.log_history if "eval_loss" in entry],
         "tokens_per_second": throughput.tokens_per_second,
         "peak_memory_gib": throughput.peak_memory_gib,
+        "step_time_ms": throughput.step_time_ms,
         "profile": profiler.summary if profiler is not None else None,
         "total_seconds": round(time.time() - start, 1),
         "hardware": hardware_description(),
