@@ -921,12 +921,16 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        masked_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
         r"""
         labels: `(batch_size, seq_len)` token ids to predict, `-100` elsewhere. With `config.sparse_prediction`, only
             labelled tokens go through the head and `logits` is `(num_labelled, vocab_size)`, in the order of
             `labels[labels != -100]`; otherwise `logits` is `(batch_size, seq_len, vocab_size)`.
+        masked_positions: optional `(num_labelled,)` indices of the labelled tokens of a packed batch (`cu_seqlens`,
+            no `attention_mask`), ascending: `(labels.flatten() != -100).nonzero()`. The training collator computes
+            them on the host, so that finding the labelled tokens does not sync the device in the middle of a step.
         """
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         output_hidden_states = (
@@ -938,7 +942,15 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
         loss = None
         if labels is not None and self.config.sparse_prediction:
             flat_labels = packed.unpad(labels.reshape(packed.batch_size, packed.seq_len).to(hidden.device))
-            selected = (flat_labels != self.config.sparse_pred_ignore_index).nonzero().squeeze(1)
+            if masked_positions is None:
+                selected = (flat_labels != self.config.sparse_pred_ignore_index).nonzero().squeeze(1)
+            elif packed.indices is not None or masked_positions.dim() != 1 or masked_positions.is_floating_point():
+                raise ValueError(
+                    f"masked_positions (shape {tuple(masked_positions.shape)}, {masked_positions.dtype}) must be 1-D "
+                    "integer indices into a packed batch (cu_seqlens and no attention_mask)"
+                )
+            else:
+                selected = masked_positions.to(hidden.device)
             masked_hidden, masked_labels = hidden.index_select(0, selected), flat_labels.index_select(0, selected)
             chunk = self.config.mlm_loss_chunk_size
             if chunk and self.training and torch.is_grad_enabled():

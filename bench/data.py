@@ -116,6 +116,7 @@ class DocumentBatch:
         }
         if with_labels:
             inputs["labels"] = self.packed_labels.to(device)
+            inputs["masked_positions"] = (self.packed_labels.flatten() != -100).nonzero().squeeze(1).to(device)
         return inputs
 
     def summary(self) -> dict:

@@ -120,7 +120,8 @@ def test_batch_is_deterministic_and_inputs_kwargs():
     labelled = first.labels != -100
     assert torch.equal(first.labels[labelled], first.input_ids[labelled])
     packed = first.packed_inputs("cpu", with_labels=True)
-    assert set(packed) == {"input_ids", "position_ids", "cu_seqlens", "max_seqlen", "labels"}
+    assert set(packed) == {"input_ids", "position_ids", "cu_seqlens", "max_seqlen", "labels", "masked_positions"}
+    assert torch.equal(packed["labels"].flatten()[packed["masked_positions"]], first.labels[labelled])
     assert packed["max_seqlen"] == 4
     assert set(first.padded_inputs("cpu", with_labels=False)) == {"input_ids", "attention_mask"}
 

@@ -187,6 +187,24 @@ def test_chunked_mlm_loss_equals_one_piece_loss_and_gradients():
         assert model.eval()(input_ids=ids, labels=labels).logits is not None
 
 
+def test_host_computed_masked_positions_give_the_same_loss_and_logits():
+    """The collator's `masked_positions` replace the device-side search for labelled tokens (a sync); they must
+    select exactly what the search selects, and they only fit packed batches."""
+    torch.manual_seed(7)
+    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="sdpa", mlm_loss_chunk_size=0)).eval()
+    ids = torch.randint(5, 128, (1, 40))
+    labels = torch.where(torch.rand(ids.shape) < 0.3, ids, -100)
+    packed = dict(input_ids=ids, labels=labels, cu_seqlens=torch.tensor([0, 25, 40], dtype=torch.int32), max_seqlen=25)
+    positions = (labels.flatten() != -100).nonzero().squeeze(1)
+    with torch.no_grad():
+        searched = model(**packed)
+        given = model(**packed, masked_positions=positions)
+    assert torch.equal(searched.logits, given.logits) and torch.equal(searched.loss, given.loss)
+    with pytest.raises(ValueError, match=r"masked_positions \(shape \(3,\).*packed batch"):
+        model(input_ids=ids.view(2, 20), attention_mask=torch.ones(2, 20, dtype=torch.long),
+              labels=labels.view(2, 20), masked_positions=positions[:3])
+
+
 def test_fused_linear_cross_entropy_matches_autograd_under_bf16_autocast():
     """The fused loss makes the same bf16-matmul loss and gradients as autograd through F.linear + cross_entropy."""
     from modeling_clinical_modernbert import _LinearCrossEntropy

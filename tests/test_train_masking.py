@@ -33,7 +33,9 @@ def test_layout_by_hand(tokenizer):
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]]
     assert batch["max_seqlen"] == 5 and isinstance(batch["max_seqlen"], int)
     assert batch["input_ids"].shape == batch["labels"].shape == (1, 12)
-    assert set(batch) == {"input_ids", "position_ids", "cu_seqlens", "max_seqlen", "labels"}
+    assert set(batch) == {"input_ids", "position_ids", "cu_seqlens", "max_seqlen", "labels", "masked_positions"}
+    assert batch["masked_positions"].tolist() == (batch["labels"][0] != -100).nonzero().flatten().tolist()
+    assert len(batch["masked_positions"]) > 0
 
 
 def test_positions_restart_at_one_token_documents(tokenizer):

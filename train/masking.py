@@ -8,6 +8,7 @@ the packed batch the model takes::
     cu_seqlens   (D + 1,) int32 cumulative document lengths [0, len0, len0 + len1, ..., T]
     max_seqlen   int      longest document, computed here on the CPU so the GPU never has to sync for it
     labels       (1, T)   the original id at masked positions, -100 everywhere else
+    masked_positions (M,) int64 where the labels are (also computed on the CPU: no device sync in the loss)
 
 Masking follows BERT: each non-special token is selected with probability ``mlm_probability``; a selected token
 becomes ``[MASK]`` 80 % of the time, a random non-special token 10 %, and stays itself 10 %. Special tokens
@@ -183,6 +184,8 @@ class PackedMLMCollator:
             "cu_seqlens": cu_seqlens,  # (D + 1,)
             "max_seqlen": max(seq_lens),
             "labels": labels.unsqueeze(0),  # (1, T)
+            # where the labels are, found here on the CPU: the model's sparse head then needs no device sync
+            "masked_positions": (labels != IGNORE_INDEX).nonzero().squeeze(1),  # (num_masked,)
         }
 
     def mask_tokens(

@@ -224,7 +224,8 @@ class MLMTrainer(Trainer):
         outputs = model(**inputs)
         # The model's loss is the mean over this micro-batch's masked tokens (its logits may be None in training:
         # it can compute the loss in chunks without storing them). mean x count = sum, re-normalised below.
-        n_masked = (inputs["labels"] != IGNORE_INDEX).sum()
+        positions = inputs.get("masked_positions")  # from our collator: a host-side count, no kernel
+        n_masked = positions.numel() if positions is not None else (inputs["labels"] != IGNORE_INDEX).sum()
         if num_items_in_batch is None:  # not counted by the Trainer: fall back to this micro-batch's mean
             loss = outputs.loss / self.current_gradient_accumulation_steps
         else:
