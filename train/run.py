@@ -252,9 +252,10 @@ class ThroughputCallback(TrainerCallback):
 
     Only training is timed: the clock stops before an evaluation or a checkpoint save (and the final ones) and
     restarts at the next step, so a run's eval and save time do not dilute its throughput. The device is synced
-    only where the clock starts or stops. Step times are host-side intervals between step ends (no sync; the
-    host cannot run more than a step ahead of the device); their median, 90th percentile and maximum show whether
-    a slow run is slow at every step or stalls now and then.
+    only where the clock starts or stops. Step times are host-side intervals between step ends, taken without a
+    sync: the host runs at most about a step ahead of the device (the kernel launch queue is bounded, and logging
+    steps sync), so their median, 90th percentile and maximum show whether a slow run is slow at every step or
+    stalls now and then.
     """
 
     def __init__(self, warmup_steps: int = 5) -> None:
