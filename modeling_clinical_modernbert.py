@@ -92,7 +92,9 @@ def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> t
     estimates from FLOP counts, in which attention looks cheap (torch 2.11 has no count for this op at all), so the
     attention kernel ran twice per layer: forward, and again in backward. Marking the op MUST_SAVE bans it from
     recomputation and keeps its outputs (the attention output and the log-sum-exp: one hidden-size row per token);
-    the budget is then met by recomputing the norms and GeGLU, which are cheap.
+    the budget is then met by recomputing the norms and GeGLU, which are cheap. (torch's AOTAutograd cache key does
+    not cover this pass: graphs cached on disk by an earlier version of this file are reused without it until the
+    compile cache is cleared.)
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
