@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench import SHAPES, _parse_override, build_ours, geometry_config  # noqa: E402
 from bench.data import build_batch, sample_document_lengths  # noqa: E402
-from train.profiling import kernel_group  # noqa: E402
+from train.profiling import kernel_summary  # noqa: E402
 
 
 def make_step(overrides: dict, geometry: str, shape_name: str):
@@ -79,27 +79,26 @@ def main() -> None:
 
     step, tokens = make_step({"compile_layers": "on", **overrides}, args.geometry, args.shape)
     time_step(step, warmup=5, steps=1)
+    steps = 3
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
-        for _ in range(3):
+        for _ in range(steps):
             step()
         torch.cuda.synchronize()
     events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.self_device_time_total for e in events) or 1.0
-    groups: dict[str, float] = {}
-    for event in events:
-        group = kernel_group(event.key)
-        groups[group] = groups.get(group, 0.0) + event.self_device_time_total
-    print(f"\nGPU time by kernel group (3 steps, compile_layers=on, {total / 3e3:.1f} ms of kernels per step):")
-    for group, micros in sorted(groups.items(), key=lambda item: -item[1]):
-        print(f"  {group:<32} {micros / 3e3:8.2f} ms/step  {100 * micros / total:5.1f}%")
+    summary = kernel_summary(events, steps)
+    total = summary["kernel_ms_per_step"] or 1.0
+    print(f"\nGPU time by kernel group ({steps} steps, compile_layers=on, {total:.1f} ms of kernels per step; "
+          f"attention calls per step {summary['attention_calls_per_step']}):")
+    for group, ms in summary["groups_ms_per_step"].items():
+        print(f"  {group:<32} {ms:8.2f} ms/step  {100 * ms / total:5.1f}%")
     print("\ncostliest kernels:")
     top = sorted(events, key=lambda e: -e.self_device_time_total)[:20]
     for event in top:
-        print(f"  {event.self_device_time_total / 3e3:8.2f} ms/step  {event.count // 3:5d}x  {event.key[:100]}")
-    report["kernel_ms_per_step"] = total / 3e3
-    report["groups_ms_per_step"] = {g: m / 3e3 for g, m in groups.items()}
-    report["top_kernels"] = [{"name": e.key, "ms_per_step": e.self_device_time_total / 3e3, "calls": e.count // 3}
-                             for e in top]
+        print(f"  {event.self_device_time_total / steps / 1e3:8.2f} ms/step  {event.count // steps:5d}x  "
+              f"{event.key[:100]}")
+    report.update(summary)
+    report["top_kernels"] = [{"name": e.key, "ms_per_step": e.self_device_time_total / steps / 1e3,
+                              "calls": e.count // steps} for e in top]
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
 

@@ -209,7 +209,7 @@ class MLMTrainer(Trainer):
             self.data_collator = train_collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not getattr(self, "_ddp_ready", False):
+        if not getattr(self, "_ddp_ready", False) and isinstance(model, torch.nn.parallel.DistributedDataParallel):
             self._ddp_ready = True  # the first forward: before any backward, when DDP accepts a comm hook
             if self.ddp_comm_hook != "none":
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
