@@ -105,6 +105,25 @@ def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> t
     return graph
 
 
+def _compile_settings(memory_budget: float) -> list[tuple[object, dict]]:
+    """The torch config values our compiled graphs are made under, as (config module, values) pairs."""
+    import torch._dynamo
+
+    # Under DDP, dynamo's DDPOptimizer would split every graph compiled here at DDP's bucket boundaries. Its first
+    # bucket holds 1 MB, so each layer would split before the MLP's output projection: fusions are lost, the
+    # activation planner sees half-layers, and each layer costs two graph calls. A layer is already the unit at which
+    # its gradients become ready for DDP's all-reduce, so splitting it gains nothing.
+    settings: list[tuple[object, dict]] = [(torch._dynamo.config, {"optimize_ddp": False})]
+    if memory_budget < 1.0:
+        import torch._functorch.config
+
+        budget = {"activation_memory_budget": memory_budget}
+        if _torch_varlen_attn is not None and hasattr(torch._functorch.config, "joint_custom_pass"):
+            budget["joint_custom_pass"] = _keep_attention_outputs
+        settings.append((torch._functorch.config, budget))
+    return settings
+
+
 def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
     """`fn` compiled once for all layers (parameters are graph inputs), or `fn` itself.
 
@@ -116,34 +135,30 @@ def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
     if not enabled or fn in _compile_failed:
         return fn
     key = (fn, memory_budget)
-    if key not in _compiled_functions:
-        # One function serves every layer, whose variants (first layer, global/local window, dtypes, grad mode)
-        # each take a graph: allow more than dynamo's default of 8 before it gives up and runs eagerly.
-        import torch._dynamo
+    if key in _compiled_functions:
+        return _compiled_functions[key]
+    # One function serves every layer, whose variants (first layer, global/local window, dtypes, grad mode) each
+    # take a graph: allow more than dynamo's default of 8 before it gives up and runs eagerly.
+    import torch._dynamo
 
-        config = torch._dynamo.config
-        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit, max(getattr(config, limit), 64))
-        _compiled_functions[key] = torch.compile(fn, dynamic=True)
-    compiled = _compiled_functions[key]
-    budget = contextlib.nullcontext()
-    if memory_budget < 1.0:
-        import torch._functorch.config
-
-        settings = {"activation_memory_budget": memory_budget}
-        if _torch_varlen_attn is not None and hasattr(torch._functorch.config, "joint_custom_pass"):
-            settings["joint_custom_pass"] = _keep_attention_outputs
-        budget = torch._functorch.config.patch(**settings)
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), 64))
+    compiled = torch.compile(fn, dynamic=True)
+    patches = [module.patch(**values) for module, values in _compile_settings(memory_budget)]
 
     def run(*args, **kwargs):
         try:
-            with budget:
+            with contextlib.ExitStack() as stack:
+                for patch in patches:
+                    stack.enter_context(patch)
                 return compiled(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any compiler failure falls back to eager
             logger.warning(f"torch.compile of {fn.__name__} failed ({type(error).__name__}: {error}); running eagerly")
             _compile_failed.add(fn)
             return fn(*args, **kwargs)
 
+    _compiled_functions[key] = run
     return run
 
 

@@ -335,3 +335,49 @@ def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
     attention_backward = torch.ops.torch_attn._varlen_attn_backward.default
     assert calls("forward", attention) == 1 and calls("backward", attention_backward) == 1
     assert calls("backward", attention) == (0 if keep else 1)
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
+    """Under DDP, dynamo's DDPOptimizer splits each compiled graph at DDP's bucket boundaries (the first bucket is
+    1 MB), so every layer would run as two graphs. Ours are compiled with `optimize_ddp` off. Real DDP (gloo, one
+    process) around the model, layers compiled with the `aot_eager` backend; the control keeps torch's default and
+    shows the split."""
+    import torch.distributed as dist
+    from torch._dynamo.backends.distributed import DDPOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    import modeling_clinical_modernbert as modeling
+
+    real_compile, real_settings, real_compile_fn = torch.compile, modeling._compile_settings, DDPOptimizer.compile_fn
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend="aot_eager", **kwargs))
+    monkeypatch.setattr(modeling, "_compiled_functions", {})
+    monkeypatch.setattr(modeling, "_compile_failed", set())
+    if not ours:
+        monkeypatch.setattr(modeling, "_compile_settings", lambda budget: [
+            (module, {k: v for k, v in values.items() if k != "optimize_ddp"}) for module, values in real_settings(budget)])
+    buckets: list[int] = []
+
+    def compile_fn(self, graph, example_inputs):
+        compiled = real_compile_fn(self, graph, example_inputs)
+        buckets.append(len(self.buckets))
+        return compiled
+
+    monkeypatch.setattr(DDPOptimizer, "compile_fn", compile_fn)
+    torch._dynamo.reset()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        # MLP output projection 1024 x 256 fp32 = 1 MB: past DDP's first bucket, as in every real geometry.
+        config = tiny_config(hidden_size=256, intermediate_size=2048, compile_layers="on")
+        model = DistributedDataParallel(ClinicalModernBertForMaskedLM(config).train())
+        ids = torch.randint(5, 128, (2, 24))
+        model(input_ids=ids, labels=ids).loss.backward()
+    finally:
+        dist.destroy_process_group()
+        torch._dynamo.reset()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    if ours:
+        assert buckets == []  # DDPOptimizer never ran
+    else:
+        assert buckets and max(buckets) > 1
