@@ -247,7 +247,33 @@ def test_throughput_times_training_steps_only(monkeypatch):
     # Timed: steps 3-6 = 6 s for 4,000 tokens per process, 2 processes.
     assert callback.tokens_per_second == pytest.approx(2 * 4000 / 6.0)
     # Step 5 follows the evaluation: its interval is timed but not a step time (it would include the restart).
-    assert callback.step_time_ms == {"median": 1000.0, "p90": 1000.0, "max": 3000.0, "steps": 3}
+    assert callback.step_time_ms == {"median": 1000.0, "p90": 1000.0, "max": 3000.0, "steps": 3,
+                                     "slowest": [[4, 3000.0], [3, 1000.0], [6, 1000.0]]}
+
+
+@pytest.mark.parametrize("interval", [0, 3])
+def test_garbage_collection_is_frozen_and_scheduled(monkeypatch, interval):
+    """Long-lived objects are frozen at the start and after the first (compiling) step; with an interval, automatic
+    collection is off while training and runs every `interval` steps; the collector is restored at the end."""
+    import gc
+    from types import SimpleNamespace
+
+    import train.run as run_module
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    args, state, control = SimpleNamespace(process_index=0), SimpleNamespace(global_step=0), SimpleNamespace()
+    collected_at: list[int] = []
+    monkeypatch.setattr(run_module.gc, "collect", lambda *a: collected_at.append(state.global_step) or 0)
+    callback = run_module.GarbageCollectionCallback(interval)
+    callback.on_train_begin(args, state, control)
+    assert gc.get_freeze_count() > 0
+    assert gc.isenabled() == (interval == 0)
+    for step in range(1, 8):
+        state.global_step = step
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert collected_at == [0, 1] + ([3, 6] if interval else [])
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_sparse_and_dense_logits_give_the_same_targets():

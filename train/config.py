@@ -84,6 +84,9 @@ class TrainConfig:
     torch_compile: bool = False
     # DDP gradient all-reduce: "none" (fp32, exact) or "bf16"/"fp16" (torch's compression hooks: half the traffic)
     ddp_comm_hook: str = "none"
+    # Python garbage collection while training (long-lived objects are frozen either way): 0 leaves it automatic;
+    # N > 0 turns it off and collects every N steps, on every process at once (one DDP process's pause stalls all).
+    gc_interval: int = 0
     # --- outputs, evaluation, checkpoints
     output_dir: str = "outputs/base"  # the final Hub-ready model folder (no checkpoints inside)
     checkpoint_dir: str | None = None  # None: "<output_dir>-checkpoints"
@@ -109,6 +112,8 @@ class TrainConfig:
             raise ConfigError(f"bf16={self.bf16!r} must be 'auto', 'true' or 'false'")
         if self.ddp_comm_hook not in DDP_COMM_HOOKS:
             raise ConfigError(f"ddp_comm_hook={self.ddp_comm_hook!r} must be one of {', '.join(DDP_COMM_HOOKS)}")
+        if self.gc_interval < 0:
+            raise ConfigError(f"gc_interval={self.gc_interval} must be >= 0 (0: automatic garbage collection)")
         if self.profile_steps is not None:
             self.profile_range  # noqa: B018 - validates the "START-END" string now, not after the corpus is built
         if isinstance(self.resume_from_checkpoint, str) and self.resume_from_checkpoint.lower() in ("false", "no"):
