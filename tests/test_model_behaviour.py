@@ -354,8 +354,11 @@ def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
     monkeypatch.setattr(modeling, "_compiled_functions", {})
     monkeypatch.setattr(modeling, "_compile_failed", set())
     if not ours:
-        monkeypatch.setattr(modeling, "_compile_settings", lambda budget: [
-            (module, {k: v for k, v in values.items() if k != "optimize_ddp"}) for module, values in real_settings(budget)])
+        def torch_defaults(budget):
+            return [(module, {k: v for k, v in values.items() if k != "optimize_ddp"})
+                    for module, values in real_settings(budget)]
+
+        monkeypatch.setattr(modeling, "_compile_settings", torch_defaults)
     buckets: list[int] = []
 
     def compile_fn(self, graph, example_inputs):
