@@ -274,6 +274,15 @@ def test_garbage_collection_is_frozen_and_scheduled(monkeypatch, interval):
     callback.on_train_end(args, state, control)
     assert collected_at == [0, 1] + ([3, 6] if interval else [])
     assert gc.isenabled() and gc.get_freeze_count() == 0
+    # A resumed run freezes after its own first step.
+    collected_at.clear()
+    resumed = run_module.GarbageCollectionCallback(interval)
+    state.global_step = 40
+    resumed.on_train_begin(args, state, control)
+    state.global_step = 41
+    resumed.on_step_end(args, state, control)
+    resumed.on_train_end(args, state, control)
+    assert collected_at == [40, 41]
 
 
 def test_sparse_and_dense_logits_give_the_same_targets():

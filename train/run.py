@@ -336,6 +336,7 @@ class GarbageCollectionCallback(TrainerCallback):
         self.interval = interval
         self.pauses_ms: list[float] = []
         self.was_enabled = True
+        self.stepped = False
 
     def _collect(self, freeze: bool = False) -> None:
         start = time.perf_counter()
@@ -351,8 +352,9 @@ class GarbageCollectionCallback(TrainerCallback):
             gc.disable()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:
-            self._collect(freeze=True)  # what compiling the first step made is as long-lived as the model
+        if not self.stepped:  # what compiling the first step (of this run: it may resume) made is long-lived too
+            self.stepped = True
+            self._collect(freeze=True)
         elif self.interval > 0 and state.global_step % self.interval == 0:
             self._collect()
 
