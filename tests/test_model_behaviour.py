@@ -343,6 +343,8 @@ def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
     1 MB), so every layer would run as two graphs. Ours are compiled with `optimize_ddp` off. Real DDP (gloo, one
     process) around the model, layers compiled with the `aot_eager` backend; the control keeps torch's default and
     shows the split."""
+    import gc
+
     import torch.distributed as dist
     from torch._dynamo.backends.distributed import DDPOptimizer
     from torch.nn.parallel import DistributedDataParallel
@@ -369,6 +371,7 @@ def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
     monkeypatch.setattr(DDPOptimizer, "compile_fn", compile_fn)
     torch._dynamo.reset()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    model = None
     try:
         torch.manual_seed(0)
         # MLP output projection 1024 x 256 fp32 = 1 MB: past DDP's first bucket, as in every real geometry.
@@ -376,10 +379,14 @@ def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
         model = DistributedDataParallel(ClinicalModernBertForMaskedLM(config).train())
         ids = torch.randint(5, 128, (2, 24))
         model(input_ids=ids, labels=ids).loss.backward()
+        all_have_grads = all(p.grad is not None for p in model.parameters() if p.requires_grad)
     finally:
+        # DDP's reducer holds the process group: free it first, or gloo's destructor can hang joining its threads.
+        del model
+        gc.collect()
         dist.destroy_process_group()
         torch._dynamo.reset()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert all_have_grads
     if ours:
         assert buckets == []  # DDPOptimizer never ran
     else:
