@@ -285,6 +285,22 @@ def test_garbage_collection_is_frozen_and_scheduled(monkeypatch, interval):
     assert collected_at == [40, 41]
 
 
+@pytest.mark.parametrize("workers", [0, 4])
+def test_training_arguments_avoid_per_step_and_per_epoch_stalls(tmp_path, workers):
+    """No DDP unused-parameter search or buffer broadcast, no per-step NaN sync, and data-loader workers that
+    outlive an epoch (a restart at each epoch stalls every DDP rank); `training_args` still overrides them."""
+    from train.run import make_training_args
+
+    overrides = {"output_dir": str(tmp_path), "dataloader_num_workers": str(workers)}
+    args = make_training_args(load_config("demo", overrides), has_eval=True)
+    assert args.dataloader_persistent_workers == (workers > 0)
+    assert args.ddp_find_unused_parameters is False and args.ddp_broadcast_buffers is False
+    assert args.logging_nan_inf_filter is False
+    overrides["training_args"] = "{dataloader_persistent_workers: false, ddp_broadcast_buffers: true}"
+    args = make_training_args(load_config("demo", overrides), has_eval=True)
+    assert args.dataloader_persistent_workers is False and args.ddp_broadcast_buffers is True
+
+
 def test_sparse_and_dense_logits_give_the_same_targets():
     labels = torch.tensor([[-100, 5, -100, 7]])
     dense = torch.arange(4 * 9, dtype=torch.float).view(1, 4, 9)
