@@ -256,3 +256,11 @@ def test_cli_writes_json_and_prints_the_table_last(tmp_path, capsys, one_thread)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].split()[:3] == ["infer-512", "tiny", "ours-sdpa"]
     assert printed[-2].split()[:3] == ["infer-512", "tiny", "transformers-sdpa"]
+
+
+def test_local_attention_block_mask_visits_exactly_the_needed_blocks():
+    """The FlexAttention block mask of bench/local_attention.py: the blocks it visits are exactly those holding a
+    pair within +-64 tokens and one document, and flex's output equals dense masked attention."""
+    from bench.local_attention import check_on_cpu
+
+    check_on_cpu()

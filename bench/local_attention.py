@@ -1,0 +1,169 @@
+"""ModernBERT's local attention (a window of +-64 tokens) over packed documents: which kernel is fastest.
+
+    python -m bench.local_attention            # CUDA: times each kernel, forward + backward, one layer's shapes
+    python -m bench.local_attention --check    # CPU: the block mask below equals the dense local/document mask
+
+FlashAttention-2 (`torch.nn.attention.varlen`, `window_size=(64, 64)`) tiles queries and keys by 128, so a block of
+128 queries touches 3 key blocks (384 keys) for the 129 it needs. FlexAttention can skip blocks by a `BlockMask`;
+with 64-token blocks it would touch 192 keys per query. This script measures both against FA2, on the packed token
+layouts of the bench's `train-1024` and `train-8192-x4` shapes (base geometry: 12 heads of 64, bf16), and checks
+each output against FA2's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+WINDOW = 64  # ModernBERT: local_attention = 128, i.e. 64 tokens each side
+FLEX_TILES_64 = {"BLOCK_M": 64, "BLOCK_N": 64}  # the kernel tile must divide the 64-token sparse block
+
+
+def document_lengths(total: int, low: int, high: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    while sum(lengths) < total:
+        lengths.append(min(rng.randint(low, high), total - sum(lengths)))
+    return lengths
+
+
+def local_block_mask(doc_id: torch.Tensor, block: int) -> BlockMask:
+    """The BlockMask of +-WINDOW attention within documents, built on the device without a host sync.
+
+    Query block i can only reach key blocks i-1, i and i+1 (WINDOW <= block). A neighbour that shares no document
+    with block i is dropped. The diagonal block is "full" (no mask evaluated) when it lies in one document and every
+    pair in it is inside the window (block <= WINDOW + 1).
+    """
+    if WINDOW > block:
+        raise ValueError(f"block {block} must be >= the window {WINDOW}")
+    n_blocks = doc_id.numel() // block
+    index = torch.arange(n_blocks, device=doc_id.device)
+    candidates = torch.stack([index - 1, index, index + 1], -1)
+    in_range = (candidates >= 0) & (candidates < n_blocks)
+    candidates = candidates.clamp(0, n_blocks - 1)
+    first, last = doc_id[::block], doc_id[block - 1::block]
+    shares_document = torch.stack([last[candidates[:, 0]] >= first, torch.ones_like(first, dtype=torch.bool),
+                                   first[candidates[:, 2]] <= last], -1)
+    reachable = in_range & shares_document
+    full = torch.zeros_like(reachable)
+    full[:, 1] = (first == last) & (block <= WINDOW + 1)
+    partial = reachable & ~full
+
+    def packed(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True)  # selected blocks first
+        indices = torch.nn.functional.pad(torch.gather(candidates, 1, order), (0, n_blocks - 3))
+        return selected.sum(-1).to(torch.int32)[None, None], indices.to(torch.int32)[None, None]
+
+    def mask_mod(batch, head, q_index, kv_index):
+        return (doc_id[q_index] == doc_id[kv_index]) & ((q_index - kv_index).abs() <= WINDOW)
+
+    return BlockMask.from_kv_blocks(*packed(partial), *packed(full), BLOCK_SIZE=block, mask_mod=mask_mod)
+
+
+def packed_inputs(lengths: list[int], heads: int, head_dim: int, device: str, dtype: torch.dtype, block: int):
+    """q, k, v as [tokens, heads, head_dim], padded to a multiple of `block` with one padding document."""
+    tokens = sum(lengths)
+    padded = -(-tokens // block) * block
+    doc_id = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
+    doc_id = torch.cat([doc_id, torch.full((padded - tokens,), len(lengths), device=device)])
+    q, k, v = (torch.randn(padded, heads, head_dim, device=device, dtype=dtype) for _ in range(3))
+    cu_seqlens = torch.tensor([0, *lengths], device=device).cumsum(0).to(torch.int32)
+    return doc_id, q, k, v, cu_seqlens, tokens
+
+
+def check_on_cpu() -> None:
+    lengths = [100, 37, 250, 60, 129]
+    for block in (64, 128):
+        doc_id, q, k, v, _, tokens = packed_inputs(lengths, 2, 16, "cpu", torch.float32, block)
+        block_mask = local_block_mask(doc_id, block)
+        dense = block_mask.to_dense()[0, 0]  # which (query block, key block) pairs the kernel visits
+        position = torch.arange(doc_id.numel())
+        allowed = (doc_id[:, None] == doc_id[None]) & ((position[:, None] - position[None]).abs() <= WINDOW)
+        needed = allowed.view(dense.shape[0], block, dense.shape[1], block).any(3).any(1)
+        assert torch.equal(dense.bool(), needed), f"block {block}: the block mask skips or adds blocks"
+        heads_first = [x.transpose(0, 1)[None] for x in (q, k, v)]
+        out = flex_attention(*heads_first, block_mask=block_mask)[0].transpose(0, 1)
+        reference = torch.nn.functional.scaled_dot_product_attention(*(x[0] for x in heads_first),
+                                                                     attn_mask=allowed).transpose(0, 1)
+        error = (out[:tokens] - reference[:tokens]).abs().max().item()
+        print(f"block {block}: visits exactly the needed blocks; max |flex - dense reference| {error:.2e}")
+        assert error < 1e-4
+
+
+def time_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def measure(name: str, lengths: list[int], block: int, flex) -> None:
+    from torch.nn.attention.varlen import varlen_attn
+
+    doc_id, q, k, v, cu_seqlens, tokens = packed_inputs(lengths, 12, 64, "cuda", torch.bfloat16, block)
+    q, k, v = (x[:tokens].requires_grad_() for x in (q, k, v))
+    grad_out = torch.randn_like(q)
+    longest = max(lengths)
+
+    def fa2(window):
+        def step():
+            out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, window_size=window)
+            out.backward(grad_out)
+        return step
+
+    if block == 128:
+        print(f"{name}: {tokens} tokens in {len(lengths)} documents; FA2 varlen forward + backward: "
+              f"local {time_ms(fa2((WINDOW, WINDOW))):.3f} ms, global {time_ms(fa2((-1, -1))):.3f} ms")
+    block_mask = local_block_mask(doc_id, block)
+    options = None if block == 128 else FLEX_TILES_64
+    padding = doc_id.numel() - tokens
+    qf, kf, vf = (torch.nn.functional.pad(x.detach(), (0, 0, 0, 0, 0, padding)).transpose(0, 1)[None].contiguous()
+                  .requires_grad_() for x in (q, k, v))
+    grad_f = torch.randn_like(qf)
+
+    def forward_backward():
+        flex(qf, kf, vf, block_mask=block_mask, kernel_options=options).backward(grad_f)
+
+    def forward():
+        with torch.no_grad():
+            return flex(qf, kf, vf, block_mask=block_mask, kernel_options=options)
+
+    try:
+        with torch.no_grad():
+            reference = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, window_size=(WINDOW, WINDOW))
+        error = (forward()[0].transpose(0, 1)[:tokens].float() - reference.float()).abs().max().item()
+        print(f"{name}: flex, {block}-token blocks: max |flex - FA2| {error:.4f}; "
+              f"forward {time_ms(forward):.3f} ms, forward + backward {time_ms(forward_backward):.3f} ms")
+    except Exception as error:  # a kernel this torch cannot build is a result, not a crash
+        print(f"{name}: flex, {block}-token blocks: FAILED {type(error).__name__}: {str(error)[:200]}")
+
+
+def benchmark() -> None:
+    flex = torch.compile(flex_attention, dynamic=False)
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    layouts = {"train-1024": document_lengths(32768, 87, 1024, 0),
+               "train-8192-x4": document_lengths(24576, 4000, 8192, 1)}
+    for name, lengths in layouts.items():
+        for block in (128, 64):
+            measure(name, lengths, block, flex)
+            torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="check the block mask on the CPU")
+    args = parser.parse_args()
+    check_on_cpu() if args.check else benchmark()
+
+
+if __name__ == "__main__":
+    main()
