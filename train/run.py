@@ -698,7 +698,9 @@ def run(cfg: TrainConfig) -> RunResult:
 
     train_report = pack_reports["train"]
     mean_tokens_per_example = train_report.tokens / max(train_report.bins, 1)
-    examples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size
+    # A step never spans more than one epoch: a batch larger than the data set holds the whole data set.
+    examples_per_step = min(cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size,
+                            train_report.bins)
     tokens_seen = round(trainer.state.global_step * examples_per_step * mean_tokens_per_example)
     result = RunResult(
         output_dir=output_dir,
