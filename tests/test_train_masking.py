@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import types
 
 import pytest
@@ -60,11 +59,8 @@ def test_bad_seq_lens_are_named(tokenizer):
 
 
 def _big_batch(tokenizer, probability, seed=0):
-    # 400 different documents of 48 words: 20,000 tokens, 19,200 maskable. (Each example has its own generator,
-    # seeded by its tokens: repeated examples would repeat their masks.)
-    rng = random.Random(seed)
-    examples = [{"input_ids": [CLS, *(rng.randrange(10, 70) for _ in range(48)), SEP], "seq_lens": [50]}
-                for _ in range(400)]
+    # 400 documents of 48 words: 20,000 tokens, 19,200 maskable.
+    examples = [{"input_ids": _doc(48, first=5 + i % 20), "seq_lens": [50]} for i in range(400)]
     collator = PackedMLMCollator(tokenizer, mlm_probability=probability, seed=seed)
     original = torch.tensor([t for e in examples for t in e["input_ids"]])
     return collator(examples), original
@@ -115,33 +111,6 @@ def test_masks_are_deterministic_and_change_with_seed_and_epoch(tokenizer):
     next_epoch = PackedMLMCollator(tokenizer, seed=3)
     next_epoch.set_position(epoch=1, next_batch_index=0)
     assert not torch.equal(first, next_epoch(examples)["labels"])
-
-
-def test_an_examples_mask_does_not_depend_on_its_batch(tokenizer):
-    """Each example is masked by its own generator: the same masks whether it is collated alone, with others, in
-    another order or padded (so 1 GPU x 2n, 1 GPU x n with accumulation and 2 GPUs x n mask alike)."""
-    rng = random.Random(0)
-    examples = [{"input_ids": [CLS, *(rng.randrange(10, 70) for _ in range(n)), SEP], "seq_lens": [n + 2]}
-                for n in (30, 7, 61)]
-
-    def per_example(batch, order):
-        lengths = [len(examples[i]["input_ids"]) for i in order]
-        pieces = zip(torch.split(batch["input_ids"][0][:sum(lengths)], lengths),
-                     torch.split(batch["labels"][0][:sum(lengths)], lengths))
-        return {i: piece for i, piece in zip(order, pieces)}
-
-    collator = PackedMLMCollator(tokenizer, mlm_probability=0.4, seed=5)
-    together = per_example(collator(examples), [0, 1, 2])
-    for order in ([2, 0], [1], [2, 1, 0]):
-        for pad in (None, 64):
-            collator = PackedMLMCollator(tokenizer, mlm_probability=0.4, seed=5, pad_to_multiple_of=pad)
-            batch = collator([examples[i] for i in order])
-            for i, (ids, labels) in per_example(batch, order).items():
-                assert torch.equal(ids, together[i][0]) and torch.equal(labels, together[i][1]), (order, pad, i)
-            assert (batch["labels"][0][sum(len(examples[i]["input_ids"]) for i in order):] == -100).all()
-    assert any((labels != -100).any() for _, labels in together.values())
-    with pytest.raises(ValueError, match="example_lengths sum to 5, not to the 6 input_ids"):
-        collator.mask_tokens(torch.arange(6), torch.ones(6, dtype=torch.bool), 0.5, example_lengths=[2, 3])
 
 
 def test_rate_validation(tokenizer):

@@ -13,13 +13,10 @@ the packed batch the model takes::
 Masking follows BERT: each non-special token is selected with probability ``mlm_probability``; a selected token
 becomes ``[MASK]`` 80 % of the time, a random non-special token 10 %, and stays itself 10 %. Special tokens
 (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[unusedN]``, ...) are never selected. A batch with no selected token would give an
-empty (NaN) loss, so one maskable token (of the first example that has one) is then selected anyway.
+empty (NaN) loss, so one maskable token is then selected anyway.
 
-Determinism: each packed example is masked by its own random generator, seeded from ``(seed, epoch, the example's
-token ids)``. An example's mask therefore depends neither on the other examples of its batch nor on the batch size,
-the number of processes or the dataloader workers. One GPU with a batch of 2n examples, one GPU accumulating two
-batches of n, and two GPUs with n each mask the same examples alike, and train alike. The same example gets a fresh
-mask every epoch. (Two identical packed examples in one epoch get the same mask.)
+Determinism: the random generator of each batch is seeded from ``(seed, epoch, the batch's token ids)``, so masks
+are reproducible across runs and dataloader workers, and the same documents get a fresh mask every epoch.
 
 The masking rate can decay over training (the paper goes from 30 % to 15 %): with a :class:`MaskingSchedule`
 attached, the rate of a batch is ``schedule.rate(batch_index // gradient_accumulation_steps)``, where the collator
@@ -62,7 +59,7 @@ class PackedMLMCollator:
         mlm_probability: share of non-special tokens selected for prediction (updated by the schedule callback).
         mask_replace_prob: share of selected tokens replaced by ``[MASK]``.
         random_replace_prob: share of selected tokens replaced by a random non-special token (the rest stay).
-        seed: base seed of the per-example generators.
+        seed: base seed of the per-batch generators.
         pad_to_multiple_of: pad ``T`` up to a multiple of this (for kernels that want it); the padding is a
             separate ``[PAD]`` document in ``cu_seqlens`` with labels -100. ``None`` (default) never pads.
     """
@@ -142,7 +139,7 @@ class PackedMLMCollator:
         return self.schedule.rate(self._next_batch_index() // self.gradient_accumulation_steps)
 
     def _generator(self, input_ids: torch.Tensor) -> torch.Generator:
-        """A generator seeded by (seed, epoch, token ids): same example, same epoch -> same mask, in any batch."""
+        """A generator seeded by (seed, epoch, token ids): same batch, same epoch -> same mask, in any process."""
         digest = hashlib.blake2b(digest_size=8)
         digest.update(np.asarray([self.seed, self.epoch], dtype=np.int64).tobytes())  # epoch: fresh masks each epoch
         digest.update(input_ids.numpy().tobytes())
@@ -164,15 +161,14 @@ class PackedMLMCollator:
             seq_lens.extend(lens)
         input_ids = torch.tensor(list(itertools.chain.from_iterable(ids_per_example)), dtype=torch.long)
         maskable = ~torch.isin(input_ids, self.special_ids)
-        self.last_rate = self.current_rate()
-        input_ids, labels = self.mask_tokens(input_ids, maskable, self.last_rate,
-                                             example_lengths=[len(ids) for ids in ids_per_example])
         if self.pad_to_multiple_of:
             n_pad = -len(input_ids) % self.pad_to_multiple_of
             if n_pad:
                 input_ids = torch.cat([input_ids, torch.full((n_pad,), self.pad_token_id, dtype=torch.long)])
-                labels = torch.cat([labels, torch.full((n_pad,), IGNORE_INDEX, dtype=torch.long)])
+                maskable = torch.cat([maskable, torch.zeros(n_pad, dtype=torch.bool)])
                 seq_lens.append(n_pad)
+        self.last_rate = self.current_rate()
+        input_ids, labels = self.mask_tokens(input_ids, maskable, self.last_rate)
         lens = torch.tensor(seq_lens, dtype=torch.int32)
         cu_seqlens = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
         cu_seqlens[1:] = torch.cumsum(lens, dim=0)
@@ -193,37 +189,25 @@ class PackedMLMCollator:
         }
 
     def mask_tokens(
-        self, input_ids: torch.Tensor, maskable: torch.Tensor, rate: float, example_lengths: Sequence[int] | None = None
+        self, input_ids: torch.Tensor, maskable: torch.Tensor, rate: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Select (with probability ``rate``) and corrupt tokens of the 1-D ``input_ids``; returns (ids, labels).
+        """Select (with probability ``rate``) and corrupt tokens of the 1-D ``input_ids``; returns (ids, labels)."""
+        generator = self._generator(input_ids)
+        n_tokens = len(input_ids)
+        # Draw every random number up front, whatever is selected, so the stream depends only on T.
+        selection_draw = torch.rand(n_tokens, generator=generator)
+        corruption_draw = torch.rand(n_tokens, generator=generator)
+        random_tokens = self.random_token_ids[
+            torch.randint(len(self.random_token_ids), (n_tokens,), generator=generator)
+        ]
+        fallback_order = torch.randperm(n_tokens, generator=generator)
 
-        ``example_lengths`` splits ``input_ids`` into the examples it concatenates (default: one example); each
-        example draws its random numbers from its own generator (:meth:`_generator`).
-        """
-        lengths = [len(input_ids)] if example_lengths is None else [int(n) for n in example_lengths]
-        if sum(lengths) != len(input_ids):
-            raise ValueError(f"example_lengths sum to {sum(lengths)}, not to the {len(input_ids)} input_ids")
-        generators, selection_draw, corruption_draw, random_index = [], [], [], []
-        for example in torch.split(input_ids, lengths):
-            # Every random number is drawn up front, whatever is selected, so the stream depends only on the example.
-            generator = self._generator(example)
-            generators.append(generator)
-            selection_draw.append(torch.rand(len(example), generator=generator))
-            corruption_draw.append(torch.rand(len(example), generator=generator))
-            random_index.append(torch.randint(len(self.random_token_ids), (len(example),), generator=generator))
-        corruption = torch.cat(corruption_draw)
-        random_tokens = self.random_token_ids[torch.cat(random_index)]
-
-        selected = (torch.cat(selection_draw) < rate) & maskable
-        if not selected.any() and maskable.any():  # one token anyway: a random one of the first maskable example
-            starts = [0, *itertools.accumulate(lengths)]
-            number = next(i for i in range(len(lengths)) if maskable[starts[i]:starts[i + 1]].any())
-            order = torch.randperm(lengths[number], generator=generators[number])
-            example_maskable = maskable[starts[number]:starts[number + 1]]
-            selected[starts[number] + order[example_maskable[order]][0]] = True
+        selected = (selection_draw < rate) & maskable
+        if not selected.any() and maskable.any():
+            selected[fallback_order[maskable[fallback_order]][0]] = True
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-        to_mask = selected & (corruption < self.mask_replace_prob)
-        to_random = selected & ~to_mask & (corruption < self.mask_replace_prob + self.random_replace_prob)
+        to_mask = selected & (corruption_draw < self.mask_replace_prob)
+        to_random = selected & ~to_mask & (corruption_draw < self.mask_replace_prob + self.random_replace_prob)
         corrupted = input_ids.clone()
         corrupted[to_mask] = self.mask_token_id
         corrupted[to_random] = random_tokens[to_random]
