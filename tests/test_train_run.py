@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -399,6 +400,8 @@ def test_torchrun_two_processes_gloo_on_cpu(corpus_dir, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert "gradient_as_bucket_view=True, broadcast_buffers=False, static_graph=False, comm hook fp16" in (
         proc.stdout + proc.stderr)
+    # Each rank ends its process group before exiting (left to interpreter shutdown, gloo could abort the process).
+    assert sorted(re.findall(r"process (\d): process group shut down", proc.stdout + proc.stderr)) == ["0", "1"]
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["global_step"] == 3
     # 3 steps x 2 bins per process x 2 processes of <= 64 tokens: the token count covers both processes.

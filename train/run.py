@@ -759,6 +759,24 @@ def run(cfg: TrainConfig) -> RunResult:
     return result
 
 
+def shut_down_process_group() -> None:
+    """End the process group the Trainer started under torchrun/accelerate, before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's threads can be destroyed while still joinable: the process then aborts
+    ("terminate called without an active exception") after a successful run. The DDP wrapper and its reducer hold
+    the group, so they are collected first; the barrier lets every rank finish before any tears down.
+    """
+    import gc
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    gc.collect()
+    torch.distributed.barrier()
+    rank = torch.distributed.get_rank()
+    torch.distributed.destroy_process_group()
+    logger.info("process %d: process group shut down", rank)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parse ``--preset`` and overrides, run, print the result summary."""
     import sys
@@ -775,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     preset, overrides = parse_cli(argv)
     cfg = load_config(preset, overrides)
     result = run(cfg)
+    shut_down_process_group()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
     print(f"model folder: {result.output_dir}")
