@@ -5,29 +5,29 @@
 
 FlashAttention-2 (`torch.nn.attention.varlen`, `window_size=(64, 64)`) tiles queries and keys by 128, so a block of
 128 queries touches 3 key blocks (384 keys) for the 129 it needs. FlexAttention can skip blocks by a `BlockMask`;
-with 64-token blocks it would touch 192 keys per query. This script measures both against FA2, on the packed token
-layouts of the bench's `train-1024` and `train-8192-x4` shapes (base geometry: 12 heads of 64, bf16), and checks
-each output against FA2's.
+with 64-token blocks it would touch 192 keys per query. This script measures both against FA2, on the documents of
+the bench's `train-1024` and `train-8192-x4` shapes packed back to back (`bench.data.sample_document_lengths`; base
+geometry: 12 heads of 64, bf16), and checks each output against FA2's.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import sys
+from pathlib import Path
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.bench import SHAPES  # noqa: E402
+from bench.data import sample_document_lengths  # noqa: E402
+
 WINDOW = 64  # ModernBERT: local_attention = 128, i.e. 64 tokens each side
 FLEX_TILES_64 = {"BLOCK_M": 64, "BLOCK_N": 64}  # the kernel tile must divide the 64-token sparse block
-
-
-def document_lengths(total: int, low: int, high: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    lengths: list[int] = []
-    while sum(lengths) < total:
-        lengths.append(min(rng.randint(low, high), total - sum(lengths)))
-    return lengths
 
 
 def local_block_mask(doc_id: torch.Tensor, block: int) -> BlockMask:
@@ -150,9 +150,9 @@ def measure(name: str, lengths: list[int], block: int, flex) -> None:
 def benchmark() -> None:
     flex = torch.compile(flex_attention, dynamic=False)
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
-    layouts = {"train-1024": document_lengths(32768, 87, 1024, 0),
-               "train-8192-x4": document_lengths(24576, 4000, 8192, 1)}
-    for name, lengths in layouts.items():
+    for name in ("train-1024", "train-8192-x4"):
+        shape = SHAPES["cuda"][name]
+        lengths = sample_document_lengths(shape.rows, shape.seq_len, shape.padding, seed=0)
         for block in (128, 64):
             measure(name, lengths, block, flex)
             torch.cuda.empty_cache()
