@@ -766,8 +766,6 @@ def shut_down_process_group() -> None:
     ("terminate called without an active exception") after a successful run. The DDP wrapper and its reducer hold
     the group, so they are collected first; the barrier lets every rank finish before any tears down.
     """
-    import gc
-
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     gc.collect()
