@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - defensive for a future rename
 logger = logging.get_logger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
+VARLEN_KERNELS = ("auto", "flash-attn-4", "flash-attn", "torch")
 COMPILE_MODES = ("auto", "on", "off")
 RESIDUAL_DTYPES = ("float32", "autocast")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -108,6 +109,11 @@ class ClinicalModernBertConfig(PretrainedConfig):
         attention_backend (`str`, defaults to `"auto"`): `"flash_attention_2"` (unpadded varlen kernels from
             `flash_attn` when installed, else `torch.nn.attention.varlen`), `"sdpa"`, `"eager"`, or `"auto"`
             (varlen on CUDA in bf16/fp16, sdpa everywhere else).
+        varlen_kernel (`str`, defaults to `"auto"`): the kernels behind `"flash_attention_2"`. `"flash-attn-4"`:
+            FlashAttention-4 from the `flash-attn-4` package (`pip install flash-attn-4`: CuTe DSL, nothing to
+            compile), Hopper and Blackwell GPUs only (compute capability 9.x, 10.x). `"flash-attn"`: the `flash-attn`
+            package's FlashAttention-2. `"torch"`: the FlashAttention-2 kernels in `torch.nn.attention.varlen`
+            (torch >= 2.10). `"auto"`: the first of these that is installed and runs on the GPU.
         compile_layers (`str`, defaults to `"auto"`): run the blocks around attention (norms, projections, RoPE,
             GeGLU, residuals; with torch's varlen kernel the whole layer) through `torch.compile`: `"auto"` on CUDA
             with Triton installed (the first batch then takes some seconds to compile), `"on"` always (needs a
@@ -169,6 +175,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         sparse_prediction: bool = True,
         sparse_pred_ignore_index: int = -100,
         attention_backend: str = "auto",
+        varlen_kernel: str = "auto",
         compile_layers: str = "auto",
         mlm_loss_chunk_size: int = 2048,
         residual_dtype: str = "autocast",
@@ -235,6 +242,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         self.sparse_prediction = sparse_prediction
         self.sparse_pred_ignore_index = sparse_pred_ignore_index
         self.attention_backend = attention_backend
+        self.varlen_kernel = varlen_kernel
         self.compile_layers = compile_layers
         self.mlm_loss_chunk_size = mlm_loss_chunk_size
         self.residual_dtype = residual_dtype
@@ -286,6 +294,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
             raise ValueError(f"residual_dtype={self.residual_dtype!r} must be one of {RESIDUAL_DTYPES}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend={self.attention_backend!r} must be one of {ATTENTION_BACKENDS}")
+        if self.varlen_kernel not in VARLEN_KERNELS:
+            raise ValueError(f"varlen_kernel={self.varlen_kernel!r} must be one of {VARLEN_KERNELS}")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}"
@@ -337,8 +347,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
     def to_modernbert_dict(self) -> dict[str, Any]:
         """Keyword arguments for `transformers.ModernBertConfig`, understood by 4.48 and 5.x alike."""
         values = self.to_dict()
-        for key in ("model_type", "architectures", "auto_map", "attention_backend", "layer_types", "compile_layers",
-                    "mlm_loss_chunk_size", "residual_dtype", "activation_memory_budget",
+        for key in ("model_type", "architectures", "auto_map", "attention_backend", "varlen_kernel", "layer_types",
+                    "compile_layers", "mlm_loss_chunk_size", "residual_dtype", "activation_memory_budget",
                     "transformers_version", "_name_or_path", "mask_token_id"):
             values.pop(key, None)
         if self.global_attn_every_n_layers is None:

@@ -9,9 +9,10 @@ Design choices, and why:
 2. **Documents, not rows.** A "sequence" is a document. Rows that pack several documents (marked by `position_ids`
    restarting at 0, or by an explicit `cu_seqlens`) never attend across documents, and RoPE positions restart.
 3. **One attention module, a table of backends.** `eager` is the readable reference; `sdpa` pads per document and
-   uses `scaled_dot_product_attention` with a sliding-window mask (CPU, fp32); `flash_attention_2` runs the varlen
-   FlashAttention-2 kernels of `flash_attn` when installed, else the ones PyTorch >= 2.10 ships in
-   `torch.nn.attention.varlen`. Nothing requires the `flash-attn` package.
+   uses `scaled_dot_product_attention` with a sliding-window mask (CPU, fp32); `flash_attention_2` runs varlen
+   FlashAttention kernels: FlashAttention-4 from `flash-attn-4` (pure Python, nothing to compile) on Hopper and
+   Blackwell GPUs when installed, else FlashAttention-2 from `flash-attn` when installed, else the FlashAttention-2
+   kernels PyTorch >= 2.10 ships in `torch.nn.attention.varlen`. Nothing requires either package.
 4. **Exact ModernBERT.** Module tree and parameter names are those of `transformers`' ModernBERT, so checkpoints
    load in both directions; `transformers.ModernBertModel` with identical weights is our numerical oracle.
 
@@ -61,11 +62,112 @@ except ImportError:  # torch < 2.10
     _torch_varlen_attn = None
 
 _flash_attn_varlen_qkvpacked = None
-if importlib.util.find_spec("flash_attn") is not None:
+_flash_attn_spec = importlib.util.find_spec("flash_attn")
+# `flash-attn-4` alone installs `flash_attn.cute` in a namespace package (no `__init__.py`, no FlashAttention-2).
+if _flash_attn_spec is not None and _flash_attn_spec.origin not in (None, "namespace"):
     try:
         from flash_attn import flash_attn_varlen_qkvpacked_func as _flash_attn_varlen_qkvpacked
     except Exception as error:  # a broken flash_attn build must not break the model
         logger.warning(f"flash_attn is installed but failed to import ({error}); using torch kernels instead")
+
+_FLASH_ATTN_4_ARGS = {
+    "_flash_attn_fwd": ("cu_seqlens_q", "max_seqlen_q", "softmax_scale", "window_size_left", "return_lse"),
+    "_flash_attn_bwd": ("cu_seqlens_q", "max_seqlen_q", "softmax_scale", "window_size_left", "deterministic"),
+}
+_flash_attn_4_state: bool | None = None  # None: not tried yet
+
+
+def flash_attn_4_available() -> bool:
+    """True when `flash-attn-4`'s kernels import and our torch ops over them are registered (tried once).
+
+    `flash_attn.cute` is imported on first use only: it loads the CuTe DSL compiler, which needs the CUDA driver.
+    Its kernels are wrapped in torch custom ops (`torch.ops.clinical_modernbert.fa4_varlen_fwd/_bwd`), so that
+    torch.compile traces each layer around them as it does around torch's own varlen op. The wrappers call the
+    package's `_flash_attn_fwd` / `_flash_attn_bwd`, as torch's FA4 bridge does; a release whose functions lack
+    the arguments we pass is not used.
+    """
+    global _flash_attn_4_state
+    if _flash_attn_4_state is None:
+        _flash_attn_4_state = False
+        try:
+            from flash_attn.cute import interface
+        except ImportError:
+            return False
+        except Exception as error:  # a broken install must not break the model
+            logger.warning(f"flash-attn-4 is installed but failed to import ({error}); using FlashAttention-2")
+            return False
+        import inspect
+
+        for name, needed in _FLASH_ATTN_4_ARGS.items():
+            function = getattr(interface, name, None)
+            missing = needed if function is None else set(needed) - set(inspect.signature(function).parameters)
+            if missing:
+                logger.warning(f"this flash-attn-4 release has no {name}({', '.join(sorted(missing))}); "
+                               "using FlashAttention-2")
+                return False
+        _register_flash_attn_4_ops(interface)
+        _flash_attn_4_state = True
+    return _flash_attn_4_state
+
+
+def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modernbert") -> None:
+    """`{namespace}::fa4_varlen_fwd` (with autograd) and `fa4_varlen_bwd` over `interface`, once per process.
+
+    `interface` is `flash_attn.cute.interface` (tests pass a reference implementation under another namespace).
+    """
+    if hasattr(getattr(torch.ops, namespace), "fa4_varlen_fwd"):  # registered by another copy of this file
+        return
+
+    def window(size: int) -> int | None:
+        return None if size < 0 else size
+
+    def forward(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, deterministic):
+        out, lse = interface._flash_attn_fwd(
+            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
+            max_seqlen_k=max_seqlen, softmax_scale=scale, causal=False, window_size_left=window(window_left),
+            window_size_right=window(window_right), return_lse=True,
+        )[:2]
+        return out, lse
+
+    def backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right,
+                 deterministic):
+        dq, dk, dv = interface._flash_attn_bwd(
+            q, k, v, out, grad_out, lse, softmax_scale=scale, causal=False, window_size_left=window(window_left),
+            window_size_right=window(window_right), cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, deterministic=deterministic,
+        )[:3]
+        return dq, dk, dv
+
+    arguments = "SymInt max_seqlen, float scale, int window_left, int window_right, bool deterministic"
+    forward_op = torch.library.custom_op(
+        f"{namespace}::fa4_varlen_fwd", forward, mutates_args=(),
+        schema=f"(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, {arguments}) -> (Tensor, Tensor)",
+    )
+    backward_op = torch.library.custom_op(
+        f"{namespace}::fa4_varlen_bwd", backward, mutates_args=(),
+        schema=f"(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens, "
+               f"{arguments}) -> (Tensor, Tensor, Tensor)",
+    )
+
+    @forward_op.register_fake
+    def _(q, k, v, cu_seqlens, *args):
+        return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # lse: (heads, total)
+
+    @backward_op.register_fake
+    def _(grad_out, q, k, v, *args):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, cu_seqlens, *ctx.arguments = inputs
+        ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+
+    def autograd_backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv = backward_op(grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, *ctx.arguments)
+        return dq, dk, dv, None, None, None, None, None, None
+
+    forward_op.register_autograd(autograd_backward, setup_context=setup_context)
+
 
 _logged_once: set[str] = set()
 
@@ -86,7 +188,7 @@ def compile_supported(device: torch.device) -> bool:
 
 
 def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> torch.fx.GraphModule:
-    """A joint-graph pass: never recompute torch's varlen attention op in backward; save its outputs instead.
+    """A joint-graph pass: never recompute the varlen attention op in backward; save its outputs instead.
 
     Under `activation_memory_budget < 1` the compiler picks what backward recomputes with a knapsack over runtime
     estimates from FLOP counts, in which attention looks cheap (torch 2.11 has no count for this op at all), so the
@@ -98,9 +200,11 @@ def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> t
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
-    op = torch.ops.torch_attn._varlen_attn.default
+    ops = {torch.ops.torch_attn._varlen_attn.default}
+    if _flash_attn_4_state:
+        ops.add(torch.ops.clinical_modernbert.fa4_varlen_fwd.default)
     for node in graph.graph.nodes:
-        if node.op == "call_function" and node.target is op:
+        if node.op == "call_function" and node.target in ops:
             node.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # banned from recomputation: its outputs are saved
     return graph
 
@@ -328,7 +432,8 @@ class AttentionContext:
     max_seqlen: int
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> (cos, sin), each (total_tokens, 1, head_dim)
     compile: bool = False  # run the blocks around attention through torch.compile
-    fused_varlen: bool = False  # attention is torch's varlen op, which torch.compile can trace with the whole layer
+    fused_varlen: bool = False  # attention is a torch op (varlen or ours over FA4): compiled with the whole layer
+    varlen_kernel: str = "torch"  # behind `flash_attention_2`: "flash-attn-4", "flash-attn" or "torch"
     padding: DocumentPadding | None = None  # built lazily by the padded backends
     masks: dict | None = None
 
@@ -369,9 +474,22 @@ def sdpa_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalMod
     return padding.unpad(out.transpose(1, 2))
 
 
-def varlen_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
+def _varlen_attn(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                 max_seqlen: int, module: ClinicalModernBertAttention) -> torch.Tensor:
+    """Varlen self-attention by torch op: FlashAttention-4 (`flash-attn-4`) or torch's FlashAttention-2."""
     window = (-1, -1) if module.local_window is None else (module.local_window, module.local_window)
-    if _flash_attn_varlen_qkvpacked is not None:
+    if kernel == "flash-attn-4":
+        return torch.ops.clinical_modernbert.fa4_varlen_fwd(
+            q, k, v, cu_seqlens, max_seqlen, module.scale, window[0], window[1], module.deterministic
+        )[0]
+    return _torch_varlen_attn(
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=module.scale, window_size=window
+    )
+
+
+def varlen_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
+    if ctx.varlen_kernel == "flash-attn":
+        window = (-1, -1) if module.local_window is None else (module.local_window, module.local_window)
         return _flash_attn_varlen_qkvpacked(
             qkv, ctx.cu_seqlens, ctx.max_seqlen,
             dropout_p=module.dropout_p if module.training else 0.0,
@@ -381,9 +499,7 @@ def varlen_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalM
             deterministic=module.deterministic,
         )
     q, k, v = qkv.unbind(1)  # each (total_tokens, heads, head_dim)
-    return _torch_varlen_attn(
-        q, k, v, ctx.cu_seqlens, ctx.cu_seqlens, ctx.max_seqlen, ctx.max_seqlen, scale=module.scale, window_size=window
-    )
+    return _varlen_attn(ctx.varlen_kernel, q, k, v, ctx.cu_seqlens, ctx.max_seqlen, module)
 
 
 ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention, "flash_attention_2": varlen_attention}
@@ -410,10 +526,44 @@ def resolve_attention_backend(requested: str, qkv: torch.Tensor, training_dropou
             )
         if training_dropout and _flash_attn_varlen_qkvpacked is None:
             raise ValueError("torch's varlen attention has no dropout: set attention_dropout=0 or install flash_attn")
-    kernel = "flash_attn" if _flash_attn_varlen_qkvpacked is not None else "torch.nn.attention.varlen"
-    _log_once(f"Clinical ModernBERT attention backend: {requested}" + (
-        f" ({kernel})" if requested == "flash_attention_2" else ""))
+    _log_once(f"Clinical ModernBERT attention backend: {requested}")
     return requested
+
+
+VARLEN_KERNEL_NAMES = {
+    "flash-attn-4": "FlashAttention-4 (flash-attn-4)",
+    "flash-attn": "FlashAttention-2 (flash-attn)",
+    "torch": "FlashAttention-2 (torch.nn.attention.varlen)",
+}
+
+
+def resolve_varlen_kernel(requested: str, device: torch.device, head_dim: int, training_dropout: bool) -> str:
+    """The kernels behind `flash_attention_2` on this CUDA device: `requested` (`config.varlen_kernel`), concrete.
+
+    `"auto"` takes FlashAttention-4 on compute capability 9.x/10.x when `flash-attn-4` is installed, else
+    `flash-attn`'s FlashAttention-2 when installed, else torch's. Training with attention dropout needs `flash-attn`
+    (neither torch's kernels nor FA4 have dropout).
+    """
+    major = torch.cuda.get_device_capability(device)[0]
+    fa4_fits = major in (9, 10) and head_dim % 8 == 0 and head_dim <= 256 and not training_dropout
+    if requested == "flash-attn-4" or (requested == "auto" and fa4_fits):
+        if fa4_fits and flash_attn_4_available():
+            return "flash-attn-4"
+        if requested == "flash-attn-4":
+            raise ValueError(
+                "varlen_kernel='flash-attn-4' needs the flash-attn-4 package (`pip install flash-attn-4`), a GPU of "
+                f"compute capability 9.x or 10.x, a head_dim that is a multiple of 8 up to 256 and no attention "
+                f"dropout in training (got capability {major}.x, head_dim={head_dim}, "
+                f"training_dropout={training_dropout}); use varlen_kernel='auto'"
+            )
+    if requested in ("auto", "flash-attn") and _flash_attn_varlen_qkvpacked is not None:
+        return "flash-attn"
+    if requested == "flash-attn":
+        raise ValueError("varlen_kernel='flash-attn' needs the flash-attn package; use varlen_kernel='auto'")
+    if _torch_varlen_attn is None:
+        raise ValueError(f"varlen_kernel={requested!r}: torch {torch.__version__} has no torch.nn.attention.varlen "
+                         "(torch >= 2.10); install flash-attn or use attention_backend='sdpa'")
+    return "torch"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -535,21 +685,18 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
 
 
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
-                        sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-    """A whole layer around torch's varlen kernel, one compiled graph.
+                        sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str) -> torch.Tensor:
+    """A whole layer around a varlen attention op, one compiled graph.
 
-    `torch.nn.attention.varlen` is a torch custom op, so dynamo traces through it: q, k and v come straight out of
-    the fused norm/RoPE kernels (no stack/unbind copies), and their gradients go straight into `Wqkv`'s backward.
-    One graph per layer also means one Python call per layer and direction, which keeps the GPU fed.
+    `torch.nn.attention.varlen` and our FlashAttention-4 wrapper are torch custom ops, so dynamo traces the layer
+    around them: q, k and v come straight out of the fused norm/RoPE kernels (no stack/unbind copies), and their
+    gradients go straight into `Wqkv`'s backward. One graph per layer also means one Python call per layer and
+    direction, which keeps the GPU fed.
     """
     attn = layer.attn
     qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
     q, k, v = qkv.unbind(1)
-    window = (-1, -1) if attn.local_window is None else (attn.local_window, attn.local_window)
-    out = _torch_varlen_attn(
-        apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-        scale=attn.scale, window_size=window,
-    )
+    out = _varlen_attn(kernel, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, cu_seqlens, max_seqlen, attn)
     hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
     return hidden_states + layer.mlp(layer.mlp_norm(hidden_states))
 
@@ -570,7 +717,7 @@ class ClinicalModernBertEncoderLayer(nn.Module):
         cos, sin = ctx.rope[self.attn.layer_type]
         if ctx.compile and ctx.fused_varlen:  # the whole layer in one compiled graph
             return maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget)(
-                self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen
+                self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel
             )
         # Otherwise the attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
         qkv = maybe_compiled(_qkv_block, ctx.compile)(self.attn_norm, self.attn, hidden_states, cos, sin)
@@ -737,19 +884,27 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
             rope={name: rope(packed.position_ids) for name, rope in self.rotary_emb.items()},
             compile=self._use_compile(hidden_states.device),
         )
+        compute_dtype = autocast_dtype or hidden_states.dtype
+        varlen_possible = (
+            self.config.attention_backend in ("auto", "flash_attention_2")
+            and hidden_states.is_cuda
+            and compute_dtype in (torch.float16, torch.bfloat16)
+            and varlen_available()
+        )
+        if varlen_possible:
+            ctx.varlen_kernel = resolve_varlen_kernel(
+                self.config.varlen_kernel, hidden_states.device, self.config.head_dim,
+                training_dropout=self.training and self.config.attention_dropout > 0,
+            )
         if ctx.compile:
-            compute_dtype = autocast_dtype or hidden_states.dtype
             ctx.fused_varlen = (
-                self.config.attention_backend in ("auto", "flash_attention_2")
-                and _flash_attn_varlen_qkvpacked is None  # flash_attn's kernels keep the split path
-                and _torch_varlen_attn is not None
-                and hidden_states.is_cuda
-                and compute_dtype in (torch.float16, torch.bfloat16)
+                varlen_possible
+                and ctx.varlen_kernel != "flash-attn"  # flash_attn's kernels are no torch ops: the split path
                 and not (self.training and self.config.attention_dropout > 0)
             )
-            if ctx.fused_varlen:
-                _log_once("Clinical ModernBERT attention backend: flash_attention_2 (torch.nn.attention.varlen, "
-                          "compiled with each layer)")
+        if varlen_possible:
+            _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
+                      + (", compiled with each layer" if ctx.fused_varlen else ""))
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 hidden_states = self._gradient_checkpointing_func(partial(layer.__call__, ctx=ctx), hidden_states)

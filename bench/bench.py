@@ -112,8 +112,10 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "ours-varlen": ModelSpec("ours", "unpadded, varlen FlashAttention-2 (flash_attn or torch)", "flash_attention_2",
-                             devices=("cuda",)),
+    "ours-varlen": ModelSpec("ours", "unpadded, varlen FlashAttention: FA4 (flash-attn-4) on Hopper/Blackwell when "
+                             "installed, else FA2 (flash-attn or torch)", "flash_attention_2", devices=("cuda",)),
+    "ours-varlen-fa2": ModelSpec("ours", "unpadded, torch's varlen FlashAttention-2 (varlen_kernel='torch')",
+                                 "flash_attention_2", {"varlen_kernel": "torch"}, devices=("cuda",)),
     "ours-sdpa": ModelSpec("ours", "unpadded MLPs, per-document padded sdpa attention", "sdpa"),
     "ours-eager": ModelSpec("ours", "unpadded MLPs, reference eager attention", "eager"),
     "transformers-sdpa": ModelSpec("transformers", "ModernBertForMaskedLM/Model, sdpa, dense MLM head (default)",
@@ -499,6 +501,24 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def varlen_kernel_auto(device: torch.device) -> str | None:
+    """What `varlen_kernel="auto"` picks on this device for a head_dim of 64 (every geometry here), or None."""
+    if device.type != "cuda":
+        return None
+    from modeling_clinical_modernbert import VARLEN_KERNEL_NAMES, resolve_varlen_kernel
+
+    return VARLEN_KERNEL_NAMES[resolve_varlen_kernel("auto", device, head_dim=64, training_dropout=False)]
+
+
+def package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def format_notes(report: dict[str, Any]) -> str:
     shapes = {}
     for r in report["results"]:
@@ -506,6 +526,9 @@ def format_notes(report: dict[str, Any]) -> str:
     lines = [f"device: {report['device_name']} | torch {report['torch']} | transformers {report['transformers']} | "
              f"dtype {report['settings']['dtype']} | {report['settings']['warmup']} warm-up + "
              f"{report['settings']['steps']} timed steps (median)"]
+    if report.get("varlen_kernel_auto"):
+        lines.append(f"ours-varlen attention kernels: {report['varlen_kernel_auto']} "
+                     f"(flash-attn-4 {report.get('flash_attn_4') or 'not installed'})")
     for name, r in shapes.items():
         lines.append(f"{name}: {r['rows']} docs, {r['real_tokens']:,} real of {r['padded_tokens']:,} padded tokens "
                      f"({100 * r['padding_fraction']:.1f}% padding), {r['masked_tokens']:,} masked; "
@@ -605,6 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "device": device.type, "device_name": name, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
+        "varlen_kernel_auto": varlen_kernel_auto(device), "flash_attn_4": package_version("flash-attn-4"),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "bench.bench", *(argv or sys.argv[1:])]),
         "matmul_ceiling_tflops": ceiling,
         "settings": {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "warmup": warmup,

@@ -56,7 +56,7 @@ PICKS = {"layer0_global_Wqkv": "model.layers.0.attn.Wqkv.weight",
 
 
 def measure(num_layers: int = 4, lengths: tuple[int, ...] = (1500, 700, 300, 90, 17), seed: int = 0,
-            device: str = "cuda") -> dict:
+            device: str = "cuda", varlen_kernel: str = "auto") -> dict:
     """Errors against our fp32 eager reference, in two precisions.
 
     - top level (`forward`, `backward`): bf16 weights, ours varlen vs transformers sdpa;
@@ -83,7 +83,8 @@ def measure(num_layers: int = 4, lengths: tuple[int, ...] = (1500, 700, 300, 90,
     def ours(dtype: torch.dtype, **overrides) -> ClinicalModernBertForMaskedLM:
         model = ClinicalModernBertForMaskedLM(config).to(device)
         model.load_state_dict(reference.state_dict())
-        for key, value in {"attention_backend": "flash_attention_2", **overrides}.items():
+        for key, value in {"attention_backend": "flash_attention_2", "varlen_kernel": varlen_kernel,
+                           **overrides}.items():
             setattr(model.config, key, value)
         return model.to(dtype).train()
 
@@ -98,7 +99,7 @@ def measure(num_layers: int = 4, lengths: tuple[int, ...] = (1500, 700, 300, 90,
     }
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
-        "layers": num_layers, "lengths": list(lengths),
+        "layers": num_layers, "lengths": list(lengths), "varlen_kernel": varlen_kernel,
         "forward": {"ours_varlen_bf16": bf16_ours["forward"], "transformers_sdpa_bf16": bf16_native["forward"]},
         "backward": {label: {"ours_varlen_bf16": bf16_ours[label], "transformers_sdpa_bf16": bf16_native[label]}
                      for label in PICKS},
@@ -109,9 +110,11 @@ def measure(num_layers: int = 4, lengths: tuple[int, ...] = (1500, 700, 300, 90,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--varlen-kernel", default="auto", help="config.varlen_kernel of ours: auto, flash-attn-4, "
+                        "flash-attn or torch")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = measure(args.layers)
+    result = measure(args.layers, varlen_kernel=args.varlen_kernel)
     print(f"{'quantity':<28} {'ours varlen bf16':>18} {'transformers sdpa bf16':>24} {'ratio':>7}")
     rows = {"forward hidden": result["forward"], **{f"grad {k}": v for k, v in result["backward"].items()}}
     for label, row in rows.items():

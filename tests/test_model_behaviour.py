@@ -326,7 +326,7 @@ def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
         settings["joint_custom_pass"] = modeling._keep_attention_outputs
     compiled = torch.compile(modeling._varlen_layer_block, backend=backend, dynamic=True)
     with functorch_config.patch(**settings), pytest.raises(NotImplementedError, match="flash_attention_forward"):
-        compiled(layer, hidden, cos, sin, cu_seqlens, 900)  # graphs are made, then the CUDA-only kernel refuses
+        compiled(layer, hidden, cos, sin, cu_seqlens, 900, "torch")  # graphs made, then the CUDA-only kernel refuses
 
     def calls(kind, op):
         return sum(node.target is op for node in graphs[kind].graph.nodes)

@@ -7,15 +7,24 @@ import torch
 from conftest import tiny_config
 
 from bench.parity import measure
-from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM, varlen_available
+from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM, flash_attn_4_available, varlen_available
 
 pytestmark = pytest.mark.gpu
 
+# Both kernels that run on every Hopper GPU: torch's FA2, and FA4 where `flash-attn-4` is installed (docs/gpu.md).
+KERNELS = ["torch", "flash-attn-4"]
 
-@pytest.fixture(scope="module")
-def parity() -> dict:
+
+def require(kernel: str) -> str:
+    if kernel == "flash-attn-4" and not (torch.cuda.get_device_capability()[0] in (9, 10) and flash_attn_4_available()):
+        pytest.skip("flash-attn-4 is not installed or this GPU is not Hopper/Blackwell")
+    return kernel
+
+
+@pytest.fixture(scope="module", params=KERNELS)
+def parity(request) -> dict:
     assert varlen_available(), "no varlen kernel: need torch >= 2.10 or flash_attn"
-    return measure(num_layers=4)
+    return measure(num_layers=4, varlen_kernel=require(request.param))
 
 
 def test_varlen_bf16_forward_within_3x_of_transformers(parity):
@@ -31,10 +40,12 @@ def test_varlen_bf16_backward_within_3x_of_transformers(parity, grad):
     assert row["ours_varlen_bf16"] <= 3 * row["transformers_sdpa_bf16"], row
 
 
-def test_varlen_packed_equals_padded_on_gpu():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_varlen_packed_equals_padded_on_gpu(kernel):
     """cu_seqlens input through the varlen kernel gives the padded batch's outputs (bf16, same kernel)."""
     torch.manual_seed(0)
-    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="flash_attention_2")).cuda().bfloat16().eval()
+    config = tiny_config(attention_backend="flash_attention_2", varlen_kernel=require(kernel))
+    model = ClinicalModernBertForMaskedLM(config).cuda().bfloat16().eval()
     lengths = [37, 5, 20]
     docs = [torch.randint(5, 128, (n,), device="cuda") for n in lengths]
     padded = torch.zeros(3, 37, dtype=torch.long, device="cuda")
@@ -48,6 +59,34 @@ def test_varlen_packed_equals_padded_on_gpu():
     assert (by_mask.float() - by_cu.float()).abs().max().item() <= 1e-2
 
 
+def test_flash_attn_4_and_torch_kernels_agree_on_a_training_step():
+    """The same bf16 training step through FA4 and through torch's FA2: same loss and gradients (compiled layers)."""
+    require("flash-attn-4")
+    torch.manual_seed(5)
+    config = tiny_config(attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
+                         num_attention_heads=4, num_hidden_layers=4, local_attention=128, max_position_embeddings=1024)
+    model = ClinicalModernBertForMaskedLM(config).cuda().train()
+    lengths = torch.tensor([700, 300, 65, 2])
+    ids = torch.randint(5, 128, (1, int(lengths.sum())), device="cuda")
+    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
+    inputs = dict(input_ids=ids, labels=labels, max_seqlen=700,
+                  cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda())
+
+    def step(kernel: str):
+        model.config.varlen_kernel = kernel
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs).loss
+        loss.backward()
+        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
+
+    fa2_loss, fa2_grads = step("torch")
+    fa4_loss, fa4_grads = step("flash-attn-4")
+    assert abs(fa4_loss - fa2_loss) <= 1e-2 * abs(fa2_loss)
+    for name, grad in fa2_grads.items():
+        assert (fa4_grads[name] - grad).norm() <= 3e-2 * grad.norm().clamp(min=1e-6), name
+
+
 def test_auto_backend_picks_varlen_in_bf16_and_sdpa_in_fp32():
     from modeling_clinical_modernbert import resolve_attention_backend
 
@@ -56,10 +95,12 @@ def test_auto_backend_picks_varlen_in_bf16_and_sdpa_in_fp32():
     assert resolve_attention_backend("auto", qkv, training_dropout=False) == "sdpa"
 
 
-def test_compiled_training_step_matches_eager():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_training_step_matches_eager(kernel):
     """compile_layers='on' (Triton-fused blocks) trains like the plain path: same loss and gradients in bf16."""
     torch.manual_seed(1)
-    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="flash_attention_2")).cuda().bfloat16().train()
+    config = tiny_config(attention_backend="flash_attention_2", varlen_kernel=require(kernel))
+    model = ClinicalModernBertForMaskedLM(config).cuda().bfloat16().train()
     ids = torch.randint(5, 128, (1, 300), device="cuda")
     labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
     cu_seqlens = torch.tensor([0, 100, 250, 300], dtype=torch.int32, device="cuda")
@@ -84,7 +125,8 @@ def test_autocast_training_path_within_3x_of_transformers(parity, quantity):
     assert row["ours_training"][quantity] <= 3 * row["transformers_sdpa"][quantity], row
 
 
-def test_compiled_varlen_layers_follow_new_shapes_without_recompiling():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_varlen_layers_follow_new_shapes_without_recompiling(kernel):
     """Every batch has a new total length and longest document: the compiled layer graphs must be reused
     (dynamic shapes), not recompiled per batch, and must keep matching the eager path."""
     import torch._dynamo.utils
@@ -92,7 +134,8 @@ def test_compiled_varlen_layers_follow_new_shapes_without_recompiling():
     import modeling_clinical_modernbert as modeling
 
     torch.manual_seed(2)
-    model = ClinicalModernBertForMaskedLM(tiny_config(attention_backend="flash_attention_2")).cuda().train()
+    config = tiny_config(attention_backend="flash_attention_2", varlen_kernel=require(kernel))
+    model = ClinicalModernBertForMaskedLM(config).cuda().train()
     generator = torch.Generator().manual_seed(3)
 
     def batch():
@@ -121,14 +164,15 @@ def test_compiled_varlen_layers_follow_new_shapes_without_recompiling():
     assert not modeling._compile_failed
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("budget", [0.8, 0.5])
-def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget):
+def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget, kernel):
     """With activation_memory_budget < 1, backward recomputes cheap activations; it must not rerun the attention
     kernel (the planner prices ops by FLOPs, in which attention looks cheap; `_keep_attention_outputs`)."""
     torch.manual_seed(4)
     config = tiny_config(attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
                          num_attention_heads=4, num_hidden_layers=4, local_attention=128, max_position_embeddings=1024,
-                         activation_memory_budget=budget, compile_layers="on")
+                         activation_memory_budget=budget, compile_layers="on", varlen_kernel=require(kernel))
     model = ClinicalModernBertForMaskedLM(config).cuda().train()
     lengths = torch.tensor([900, 600, 400, 148])
     ids = torch.randint(5, 128, (1, int(lengths.sum())), device="cuda")
@@ -147,5 +191,7 @@ def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget)
         step()
         torch.cuda.synchronize()
     ops = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CPU]
-    calls = (ops.count("aten::_flash_attention_forward"), ops.count("aten::_flash_attention_backward"))
+    names = {"torch": ("aten::_flash_attention_forward", "aten::_flash_attention_backward"),
+             "flash-attn-4": ("clinical_modernbert::fa4_varlen_fwd", "clinical_modernbert::fa4_varlen_bwd")}[kernel]
+    calls = (ops.count(names[0]), ops.count(names[1]))
     assert calls == (config.num_hidden_layers, config.num_hidden_layers)

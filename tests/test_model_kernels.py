@@ -1,0 +1,253 @@
+"""The choice of varlen attention kernels, and the torch ops that wrap FlashAttention-4 (`flash-attn-4`).
+
+FA4 runs only on Hopper/Blackwell GPUs (the GPU tests run it there). Here the ops are registered over a plain-torch
+reference of the two functions they call, so that the glue (arguments, window sentinels, the log-sum-exp layout,
+autograd and the fake tensors torch.compile traces with) is checked on every CI run.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+import modeling_clinical_modernbert as modeling
+
+NAMESPACE = "clinical_modernbert_reference"
+
+
+class ReferenceFlashAttn4:
+    """`flash_attn.cute.interface._flash_attn_fwd/_bwd`, keyword for keyword, as dense attention per document."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    @staticmethod
+    def documents(cu_seqlens, left, right):
+        """(start, end, allowed) per document; allowed[i, j]: query i may see key j."""
+        for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+            position = torch.arange(end - start)
+            behind = position[:, None] - position[None]  # query - key
+            allowed = torch.ones_like(behind, dtype=torch.bool)
+            if left is not None:
+                allowed &= behind <= left
+            if right is not None:
+                allowed &= -behind <= right
+            yield start, end, allowed
+
+    @classmethod
+    def attend(cls, q, k, v, cu_seqlens, scale, left, right):
+        outputs, lses = [], []
+        for start, end, allowed in cls.documents(cu_seqlens, left, right):
+            qd, kd, vd = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (heads, n, head_dim)
+            scores = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+            lses.append(scores.logsumexp(-1))
+            outputs.append((scores.softmax(-1) @ vd).transpose(0, 1))
+        return torch.cat(outputs), torch.cat(lses, dim=1)  # (total, heads, head_dim), (heads, total)
+
+    @classmethod
+    def gradients(cls, q, k, v, out, dout, lse, cu_seqlens, scale, left, right):
+        """FlashAttention's backward by hand (autograd is off inside a custom op): P from the saved lse."""
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for start, end, allowed in cls.documents(cu_seqlens, left, right):
+            qd, kd, vd, od, dod = (x[start:end].transpose(0, 1) for x in (q, k, v, out, dout))
+            scores = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+            probs = torch.exp(scores - lse[:, start:end, None])
+            dv[start:end] = (probs.transpose(-1, -2) @ dod).transpose(0, 1)
+            dscores = probs * (dod @ vd.transpose(-1, -2) - (dod * od).sum(-1, keepdim=True))
+            dq[start:end] = (dscores @ kd * scale).transpose(0, 1)
+            dk[start:end] = (dscores.transpose(-1, -2) @ qd * scale).transpose(0, 1)
+        return dq, dk, dv
+
+    def _flash_attn_fwd(self, q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
+                        softmax_scale=None, causal=False, window_size_left=None, window_size_right=None,
+                        return_lse=False):
+        assert cu_seqlens_q is cu_seqlens_k and max_seqlen_q == max_seqlen_k and not causal and return_lse
+        self.calls.append(("fwd", max_seqlen_q, window_size_left, window_size_right))
+        out, lse = self.attend(q, k, v, cu_seqlens_q, softmax_scale, window_size_left, window_size_right)
+        return out, lse, None, None, None  # the package returns extras after (out, lse)
+
+    def _flash_attn_bwd(self, q, k, v, out, dout, lse, softmax_scale=None, causal=False, window_size_left=None,
+                        window_size_right=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                        max_seqlen_k=None, deterministic=False):
+        assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32
+        self.calls.append(("bwd", max_seqlen_q, window_size_left, window_size_right, deterministic))
+        return self.gradients(q, k, v, out, dout, lse, cu_seqlens_q, softmax_scale, window_size_left,
+                              window_size_right)
+
+
+@pytest.fixture(scope="module")
+def reference_op():
+    interface = ReferenceFlashAttn4()
+    modeling._register_flash_attn_4_ops(interface, namespace=NAMESPACE)
+    return getattr(torch.ops, NAMESPACE).fa4_varlen_fwd, interface
+
+
+def dense_attention(q, k, v, cu_seqlens, window):
+    """Every document in one (total x total) mask, through sdpa: an independent reference."""
+    total = q.shape[0]
+    document = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1), cu_seqlens.diff())
+    position = torch.arange(total)
+    allowed = document[:, None] == document[None]
+    if window >= 0:
+        allowed &= (position[:, None] - position[None]).abs() <= window
+    out = F.scaled_dot_product_attention(*(x.transpose(0, 1) for x in (q, k, v)), attn_mask=allowed)
+    return out.transpose(0, 1)
+
+
+def packed_inputs(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [37, 5, 20]
+    q, k, v = (torch.randn(sum(lengths), 2, 8, generator=generator, requires_grad=True) for _ in range(3))
+    cu_seqlens = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+    return q, k, v, cu_seqlens, max(lengths)
+
+
+@pytest.mark.parametrize("window", [4, -1], ids=["local", "global"])
+def test_flash_attn_4_op_matches_dense_attention_forward_and_backward(reference_op, window):
+    op, interface = reference_op
+    q, k, v, cu_seqlens, longest = packed_inputs()
+    grad_out = torch.randn_like(q)
+    out, lse = op(q, k, v, cu_seqlens, longest, 8**-0.5, window, window, True)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = dense_attention(q, k, v, cu_seqlens, window)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
+    assert lse.shape == (2, q.shape[0])
+    assert torch.allclose(out, expected, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected_grad, atol=1e-5)
+    # -1 (global) reaches the package as None, the longest document as max_seqlen, in both directions
+    size = None if window < 0 else window
+    assert interface.calls[-2:] == [("fwd", longest, size, size), ("bwd", longest, size, size, True)]
+
+
+def test_flash_attn_4_op_traces_under_torch_compile(reference_op):
+    """The fake (meta) implementations give the real shapes, so a compiled layer can hold the op in its graph."""
+    op, _ = reference_op
+    q, k, v, cu_seqlens, longest = packed_inputs(seed=1)
+
+    def attend(q, k, v):
+        return op(q, k, v, cu_seqlens, longest, 8**-0.5, 4, 4, False)[0].square().sum()
+
+    compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
+    grads = torch.autograd.grad(compiled(q, k, v), (q, k, v))
+    expected = torch.autograd.grad(attend(q, k, v), (q, k, v))
+    for grad, expected_grad in zip(grads, expected):
+        assert torch.allclose(grad, expected_grad, atol=1e-6)
+
+
+def test_flash_attn_4_op_keeps_compiled_graphs_across_batch_shapes(reference_op):
+    """max_seqlen is a SymInt in the op schema: a new longest document must not recompile the layer graphs."""
+    import torch._dynamo.utils
+
+    op, _ = reference_op
+    compiled = torch.compile(lambda q, k, v, cu, longest: op(q, k, v, cu, longest, 8**-0.5, 4, 4, False)[0].sum(),
+                             backend="aot_eager", dynamic=True)
+    generator = torch.Generator().manual_seed(3)
+
+    def run():
+        lengths = torch.randint(3, 60, (int(torch.randint(1, 5, (1,), generator=generator)),), generator=generator)
+        q, k, v = (torch.randn(int(lengths.sum()), 2, 8, generator=generator, requires_grad=True) for _ in range(3))
+        cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        compiled(q, k, v, cu_seqlens, int(lengths.max())).backward()
+
+    for _ in range(2):
+        run()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for _ in range(4):
+        run()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("name", ["fa4_varlen_fwd", "fa4_varlen_bwd"])
+def test_flash_attn_4_ops_pass_torch_opcheck(reference_op, name):
+    """torch's own op checks: schema, autograd registration, fake tensors equal to real ones (shapes, dtypes)."""
+    q, k, v, cu_seqlens, longest = packed_inputs(seed=2)
+    settings = (longest, 8**-0.5, 4, 4, False)
+    if name == "fa4_varlen_fwd":
+        args = (q, k, v, cu_seqlens, *settings)
+    else:
+        with torch.no_grad():
+            out, lse = reference_op[0](q, k, v, cu_seqlens, *settings)
+        args = (torch.randn_like(q), *(x.detach() for x in (q, k, v)), out, lse, cu_seqlens, *settings)
+    torch.library.opcheck(getattr(getattr(torch.ops, NAMESPACE), name), args)
+
+
+def test_registering_the_ops_twice_reuses_them(reference_op):
+    op, _ = reference_op
+    modeling._register_flash_attn_4_ops(ReferenceFlashAttn4(), namespace=NAMESPACE)  # e.g. a second copy of the file
+    assert getattr(torch.ops, NAMESPACE).fa4_varlen_fwd is op
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    """resolve_varlen_kernel on a pretend GPU: (compute capability, flash-attn-4 usable, flash-attn installed)."""
+
+    def setup(capability: int, fa4: bool, flash_attn: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (capability, 0))
+        monkeypatch.setattr(modeling, "flash_attn_4_available", lambda: fa4)
+        monkeypatch.setattr(modeling, "_flash_attn_varlen_qkvpacked", object() if flash_attn else None)
+
+    return setup
+
+
+@pytest.mark.parametrize(("capability", "fa4", "flash_attn", "dropout", "expected"), [
+    (9, True, True, False, "flash-attn-4"),  # Hopper: FA4 first
+    (10, True, False, False, "flash-attn-4"),  # Blackwell
+    (8, True, True, False, "flash-attn"),  # Ampere: FA4 has no kernels here
+    (8, True, False, False, "torch"),
+    (9, False, False, False, "torch"),
+    (9, True, True, True, "flash-attn"),  # attention dropout: only flash-attn's kernels have it
+])
+def test_auto_picks_the_fastest_kernel_that_runs(kernels, capability, fa4, flash_attn, dropout, expected):
+    kernels(capability, fa4, flash_attn)
+    assert modeling.resolve_varlen_kernel("auto", torch.device("cuda"), 64, training_dropout=dropout) == expected
+
+
+def test_explicit_kernels_that_cannot_run_are_clear_errors(kernels):
+    kernels(8, True, False)
+    with pytest.raises(ValueError, match=r"pip install flash-attn-4.*capability 8\.x"):
+        modeling.resolve_varlen_kernel("flash-attn-4", torch.device("cuda"), 64, training_dropout=False)
+    with pytest.raises(ValueError, match="needs the flash-attn package"):
+        modeling.resolve_varlen_kernel("flash-attn", torch.device("cuda"), 64, training_dropout=False)
+    kernels(9, True, False)
+    assert modeling.resolve_varlen_kernel("torch", torch.device("cuda"), 64, training_dropout=False) == "torch"
+    with pytest.raises(ValueError, match="head_dim=12"):
+        modeling.resolve_varlen_kernel("flash-attn-4", torch.device("cuda"), 12, training_dropout=False)
+
+
+def test_config_rejects_unknown_kernels_and_keeps_ours_out_of_native_configs():
+    with pytest.raises(ValueError, match="varlen_kernel='fa5' must be one of"):
+        tiny_config(varlen_kernel="fa5")
+    assert "varlen_kernel" not in tiny_config(varlen_kernel="torch").to_modernbert_dict()
+
+
+def test_flash_attn_4_release_without_our_arguments_is_not_used(monkeypatch, caplog):
+    """A flash-attn-4 whose private functions changed must fall back to FlashAttention-2 with a warning."""
+    interface = types.ModuleType("flash_attn.cute.interface")
+    interface._flash_attn_fwd = lambda q, k, v, cu_seqlens_q=None: None  # an older or newer signature
+    interface._flash_attn_bwd = ReferenceFlashAttn4()._flash_attn_bwd
+    cute = types.ModuleType("flash_attn.cute")
+    cute.interface = interface
+    package = types.ModuleType("flash_attn")
+    package.cute = cute
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
+    monkeypatch.setattr(modeling, "_flash_attn_4_state", None)
+    warnings = []
+    monkeypatch.setattr(modeling.logger, "warning", warnings.append)
+    assert modeling.flash_attn_4_available() is False
+    assert len(warnings) == 1 and "_flash_attn_fwd(" in warnings[0] and "max_seqlen_q" in warnings[0]
+    assert modeling.flash_attn_4_available() is False and len(warnings) == 1  # decided once
+
+
+def test_without_flash_attn_4_installed_nothing_is_registered(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import fails as if not installed
+    monkeypatch.setattr(modeling, "_flash_attn_4_state", None)
+    assert modeling.flash_attn_4_available() is False
+    assert not hasattr(torch.ops.clinical_modernbert, "fa4_varlen_fwd")
