@@ -7,13 +7,16 @@ FlashAttention-2 (`torch.nn.attention.varlen`, `window_size=(64, 64)`) tiles que
 128 queries touches 3 key blocks (384 keys) for the 129 it needs. FlexAttention can skip blocks by a `BlockMask`;
 with 64-token blocks it would touch 192 keys per query. This script measures both against FA2, on the documents of
 the bench's `train-1024` and `train-8192-x4` shapes packed back to back (`bench.data.sample_document_lengths`; base
-geometry: 12 heads of 64, bf16), and checks each output against FA2's.
+geometry: 12 heads of 64, bf16), and checks each output against FA2's. Where `flash-attn-4` is installed on a
+Hopper/Blackwell GPU, it also times FlashAttention-4 through the model's own op (`varlen_kernel="flash-attn-4"`),
+local and global, against FA2 (outputs and gradients).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -123,6 +126,7 @@ def measure(name: str, lengths: list[int], block: int, flex) -> None:
     if block == 128:
         print(f"{name}: {tokens} tokens in {len(lengths)} documents; FA2 varlen forward + backward: "
               f"local {time_ms(fa2((WINDOW, WINDOW))):.3f} ms, global {time_ms(fa2((-1, -1))):.3f} ms")
+        measure_flash_attn_4(name, q, k, v, grad_out, cu_seqlens, longest)
     block_mask = local_block_mask(doc_id, block)
     options = None if block == 128 else FLEX_TILES_64
     padding = doc_id.numel() - tokens
@@ -145,6 +149,41 @@ def measure(name: str, lengths: list[int], block: int, flex) -> None:
               f"forward {time_ms(forward):.3f} ms, forward + backward {time_ms(forward_backward):.3f} ms")
     except Exception as error:  # a kernel this torch cannot build is a result, not a crash
         print(f"{name}: flex, {block}-token blocks: FAILED {type(error).__name__}: {str(error)[:200]}")
+
+
+def measure_flash_attn_4(name: str, q, k, v, grad_out, cu_seqlens, longest: int) -> None:
+    """FA4 (the model's op over `flash-attn-4`) against FA2 on the same tensors: error and time, local and global."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    from modeling_clinical_modernbert import flash_attn_4_available
+
+    if not (torch.cuda.get_device_capability()[0] in (9, 10) and flash_attn_4_available()):
+        print(f"{name}: FA4: flash-attn-4 not installed or not a Hopper/Blackwell GPU")
+        return
+    fa4 = torch.ops.clinical_modernbert.fa4_varlen_fwd
+    scale = q.shape[-1] ** -0.5
+
+    def run(kernel: str, window: int, backward: bool = True):
+        for x in (q, k, v):
+            x.grad = None
+        if kernel == "FA4":
+            out = fa4(q, k, v, cu_seqlens, longest, scale, window, window, False)[0]
+        else:
+            out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, window_size=(window, window))
+        if backward:
+            out.backward(grad_out)
+        return [out.detach(), *(x.grad for x in (q, k, v))] if backward else out
+
+    for label, window in (("local", WINDOW), ("global", -1)):
+        errors = [(a.float() - b.float()).abs().max().item() for a, b in zip(run("FA4", window), run("FA2", window))]
+        times = {}
+        for kernel in ("FA2", "FA4"):
+            times[kernel] = time_ms(partial(run, kernel, window))
+            with torch.no_grad():
+                times[kernel + " fwd"] = time_ms(partial(run, kernel, window, backward=False))
+        print(f"{name}: {label}: forward + backward FA2 {times['FA2']:.3f} ms, FA4 {times['FA4']:.3f} ms "
+              f"({times['FA2'] / times['FA4']:.2f}x); forward FA2 {times['FA2 fwd']:.3f}, FA4 {times['FA4 fwd']:.3f} "
+              f"ms; max |FA4 - FA2| out/dq/dk/dv {' '.join(f'{e:.4f}' for e in errors)}")
 
 
 def benchmark() -> None:

@@ -86,6 +86,10 @@ def render_model_card(info: ModelCardInfo, repo_id: str = "<your-org>/clinical-m
         'fill("Type 2 diabetes mellitus without [MASK]")',
         "```",
         "",
+        ("On a GPU in bf16/fp16 the model runs unpadded varlen FlashAttention with no extra package (torch >= 2.10). "
+         "On Hopper and Blackwell GPUs, `pip install flash-attn-4` (nothing to compile) switches it to "
+         "FlashAttention-4 (`config.varlen_kernel`)."),
+        "",
         "## Training details",
         "",
         "| | |",

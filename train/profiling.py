@@ -36,7 +36,8 @@ def kernel_summary(events: Iterable[Any], steps: int) -> dict[str, Any]:
         group = kernel_group(event.key)
         groups[group] = groups.get(group, 0.0) + event.self_device_time_total / 1e3 / steps
     forward = sum(e.count for e in kernels if "flash_fwd" in e.key and "splitkv_combine" not in e.key)
-    backward = sum(e.count for e in kernels if "flash_bwd_dq_dk_dv" in e.key)
+    # FA2: flash_bwd_dq_dk_dv_loop...; FA4: flash_bwd_sm90/sm100 (its pre- and postprocess kernels are separate)
+    backward = sum(e.count for e in kernels if "flash_bwd_dq_dk_dv" in e.key or "flash_bwd_sm" in e.key)
     return {
         "kernel_ms_per_step": sum(groups.values()),
         "groups_ms_per_step": dict(sorted(groups.items(), key=lambda item: -item[1])),
