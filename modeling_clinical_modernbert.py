@@ -1001,6 +1001,21 @@ def _cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     return loss, grad.to(logits.dtype)
 
 
+_ADDMM_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()  # torch >= 2.9; CUDA kernels only
+
+
+def _add_matmul_fp32(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """`accumulator += a @ b` into an fp32 accumulator, for half-precision `a` and `b`.
+
+    On CUDA the sum happens in the matmul itself (cuBLAS with beta=1 and an fp32 output): no half-precision
+    product, no fp32 copy of it and no separate add, each the size of the vocabulary projection, per chunk.
+    """
+    if _ADDMM_OUT_DTYPE and a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        torch.addmm(accumulator, a, b, out_dtype=torch.float32, out=accumulator)
+    else:
+        accumulator += (a @ b).float()
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """`sum(cross_entropy(hidden @ weight.T + bias, labels))`, `chunk` rows at a time, gradients made in forward.
 
@@ -1030,7 +1045,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if grad_hidden is not None:
                     torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk])
                 if grad_weight is not None:
-                    grad_weight += (grad_logits.t() @ h_chunk).float()
+                    _add_matmul_fp32(grad_weight, grad_logits.t(), h_chunk)
                 if grad_bias is not None:
                     grad_bias += grad_logits.float().sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
