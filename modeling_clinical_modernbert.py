@@ -1046,8 +1046,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk])
                 if grad_weight is not None:
                     _add_matmul_fp32(grad_weight, grad_logits.t(), h_chunk)
-                if grad_bias is not None:
-                    grad_bias += grad_logits.float().sum(0)
+                if grad_bias is not None:  # summed in fp32 without an fp32 copy of the chunk's logits
+                    grad_bias += grad_logits.sum(0, dtype=torch.float32)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.hidden_dtype = hidden.dtype
         return loss
