@@ -155,9 +155,9 @@ def measure_flash_attn_4(name: str, q, k, v, grad_out, cu_seqlens, longest: int)
     """FA4 (the model's op over `flash-attn-4`) against FA2 on the same tensors: error and time, local and global."""
     from torch.nn.attention.varlen import varlen_attn
 
-    from modeling_clinical_modernbert import flash_attn_4_available
+    from modeling_clinical_modernbert import resolve_varlen_kernel
 
-    if not (torch.cuda.get_device_capability()[0] in (9, 10) and flash_attn_4_available()):
+    if resolve_varlen_kernel("auto", q.device, q.shape[-1], training_dropout=False) != "flash-attn-4":
         print(f"{name}: FA4: flash-attn-4 not installed or not a Hopper/Blackwell GPU")
         return
     fa4 = torch.ops.clinical_modernbert.fa4_varlen_fwd

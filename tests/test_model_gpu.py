@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 
 from bench.parity import measure
-from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM, flash_attn_4_available, varlen_available
+from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM, resolve_varlen_kernel, varlen_available
 
 pytestmark = pytest.mark.gpu
 
@@ -16,9 +16,27 @@ KERNELS = ["torch", "flash-attn-4"]
 
 
 def require(kernel: str) -> str:
-    if kernel == "flash-attn-4" and not (torch.cuda.get_device_capability()[0] in (9, 10) and flash_attn_4_available()):
+    auto = resolve_varlen_kernel("auto", torch.device("cuda"), head_dim=64, training_dropout=False)
+    if kernel == "flash-attn-4" and auto != "flash-attn-4":
         pytest.skip("flash-attn-4 is not installed or this GPU is not Hopper/Blackwell")
     return kernel
+
+
+def four_layer_model(**overrides) -> ClinicalModernBertForMaskedLM:
+    """Hidden 256 in 4 heads of 64 (FlashAttention's head size), 4 layers, a window of +-64, on the GPU."""
+    config = tiny_config(attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
+                         num_attention_heads=4, num_hidden_layers=4, local_attention=128, max_position_embeddings=1024,
+                         **overrides)
+    return ClinicalModernBertForMaskedLM(config).cuda().train()
+
+
+def packed_mlm_inputs(lengths: list[int]) -> dict:
+    """Documents of `lengths` packed into one row, 30% of tokens labelled, with `cu_seqlens` and `max_seqlen`."""
+    lengths = torch.tensor(lengths)
+    ids = torch.randint(5, 128, (1, int(lengths.sum())), device="cuda")
+    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
+    return dict(input_ids=ids, labels=labels, max_seqlen=int(lengths.max()),
+                cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda())
 
 
 @pytest.fixture(scope="module", params=KERNELS)
@@ -63,14 +81,8 @@ def test_flash_attn_4_and_torch_kernels_agree_on_a_training_step():
     """The same bf16 training step through FA4 and through torch's FA2: same loss and gradients (compiled layers)."""
     require("flash-attn-4")
     torch.manual_seed(5)
-    config = tiny_config(attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
-                         num_attention_heads=4, num_hidden_layers=4, local_attention=128, max_position_embeddings=1024)
-    model = ClinicalModernBertForMaskedLM(config).cuda().train()
-    lengths = torch.tensor([700, 300, 65, 2])
-    ids = torch.randint(5, 128, (1, int(lengths.sum())), device="cuda")
-    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
-    inputs = dict(input_ids=ids, labels=labels, max_seqlen=700,
-                  cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda())
+    model = four_layer_model()
+    inputs = packed_mlm_inputs([700, 300, 65, 2])
 
     def step(kernel: str):
         model.config.varlen_kernel = kernel
@@ -170,15 +182,9 @@ def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget,
     """With activation_memory_budget < 1, backward recomputes cheap activations; it must not rerun the attention
     kernel (the planner prices ops by FLOPs, in which attention looks cheap; `_keep_attention_outputs`)."""
     torch.manual_seed(4)
-    config = tiny_config(attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
-                         num_attention_heads=4, num_hidden_layers=4, local_attention=128, max_position_embeddings=1024,
-                         activation_memory_budget=budget, compile_layers="on", varlen_kernel=require(kernel))
-    model = ClinicalModernBertForMaskedLM(config).cuda().train()
-    lengths = torch.tensor([900, 600, 400, 148])
-    ids = torch.randint(5, 128, (1, int(lengths.sum())), device="cuda")
-    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
-    inputs = dict(input_ids=ids, labels=labels, max_seqlen=900,
-                  cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda())
+    model = four_layer_model(activation_memory_budget=budget, compile_layers="on", varlen_kernel=require(kernel))
+    config = model.config
+    inputs = packed_mlm_inputs([900, 600, 400, 148])
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
