@@ -621,8 +621,27 @@ class ClinicalModernBertEmbeddings(nn.Module):
         return self.drop(self.norm(embeds))
 
 
+def split_linear(linear: nn.Module, hidden_states: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+    """`linear(hidden_states).chunk(parts, -1)`, as one matmul per row block of the weight (compiled layers).
+
+    After one matmul and a chunk, backward concatenates the parts' gradients for the input-gradient matmul. inductor
+    fuses that concatenation with the gradient formulas into a "pointwise cat" kernel, which evaluates every part's
+    formula (GeGLU's exact GELU and its derivative) for every element; it runs at half of memory bandwidth. With one
+    matmul per part, each part's gradient is its own kernel output, and the input gradients are summed by a
+    pointwise add that inductor fuses into the norm's backward. Measured by `python -m bench.elementwise`. A
+    wrapped layer (PEFT's LoRA, a quantised Linear) keeps its own forward: one call, then a chunk.
+    """
+    if type(linear) is not nn.Linear:
+        return linear(hidden_states).chunk(parts, dim=-1)
+    biases = linear.bias.chunk(parts) if linear.bias is not None else (None,) * parts
+    return tuple(F.linear(hidden_states, w, b) for w, b in zip(linear.weight.chunk(parts), biases))
+
+
 class ClinicalModernBertMLP(nn.Module):
-    """GeGLU: `Wo(drop(act(input) * gate))` with `input, gate = Wi(x).chunk(2)`."""
+    """GeGLU: `Wo(drop(act(input) * gate))` with `input, gate = Wi(x).chunk(2)`.
+
+    `split_matmuls=True` (compiled layers) computes `input` and `gate` as two matmuls: see `split_linear`.
+    """
 
     def __init__(self, config: ClinicalModernBertConfig) -> None:
         super().__init__()
@@ -631,8 +650,11 @@ class ClinicalModernBertMLP(nn.Module):
         self.drop = nn.Dropout(config.mlp_dropout)
         self.Wo = _init_role(nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias), "out")
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        inputs, gate = self.Wi(hidden_states).chunk(2, dim=-1)
+    def forward(self, hidden_states: torch.Tensor, split_matmuls: bool = False) -> torch.Tensor:
+        if split_matmuls:
+            inputs, gate = split_linear(self.Wi, hidden_states, 2)
+        else:
+            inputs, gate = self.Wi(hidden_states).chunk(2, dim=-1)
         return self.Wo(self.drop(self.act(inputs) * gate))
 
 
@@ -681,7 +703,16 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
                   attn_output: torch.Tensor) -> torch.Tensor:
     """Wo -> residual -> mlp_norm -> GeGLU MLP -> residual."""
     hidden_states = hidden_states + layer.attn.out_drop(layer.attn.Wo(attn_output))
-    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states))
+    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
+
+
+def _project_qkv(attn: ClinicalModernBertAttention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k and v as `(total, heads, head_dim)` views of one Wqkv matmul.
+
+    Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
+    slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
+    """
+    return attn.Wqkv(hidden_states).view(-1, 3, attn.num_heads, attn.head_dim).unbind(1)
 
 
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
@@ -694,11 +725,22 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     direction, which keeps the GPU fed.
     """
     attn = layer.attn
-    qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
-    q, k, v = qkv.unbind(1)
+    q, k, v = _project_qkv(attn, layer.attn_norm(hidden_states))
     out = _varlen_attn(kernel, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, cu_seqlens, max_seqlen, attn)
     hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
-    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states))
+    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
+
+
+def _embedding_block(embeddings: ClinicalModernBertEmbeddings, input_ids: torch.Tensor | None,
+                     inputs_embeds: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """Token embedding -> norm -> dropout -> the residual stream's dtype, one compiled graph on CUDA.
+
+    Compiled, the lookup, norm and cast are one kernel, and the embedding's backward is a scatter-add into the
+    vocabulary-sized gradient instead of eager PyTorch's sort-based kernel (0.62 against 0.95 ms forward + backward
+    for 24,576 tokens on an H100, `bench.elementwise`).
+    """
+    hidden_states = embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
+    return hidden_states if dtype is None else hidden_states.to(dtype)
 
 
 class ClinicalModernBertEncoderLayer(nn.Module):
@@ -866,23 +908,27 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 f"{self.config.max_position_embeddings}"
             )
 
+        device_type = device.type
+        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        # CUDA autocast still runs the norms in fp32; the residual stream may then run in the autocast dtype.
+        residual_dtype = autocast_dtype if self.config.residual_dtype == "autocast" else None
+        use_compile = self._use_compile(device)
+        embed = maybe_compiled(_embedding_block, use_compile and packed.total_tokens > 0)
         if inputs_embeds is None:
-            hidden_states = self.embeddings(input_ids=packed.unpad(input_ids.reshape(batch_size, seq_len)))
+            hidden_states = embed(self.embeddings, packed.unpad(input_ids.reshape(batch_size, seq_len)), None,
+                                  residual_dtype)
         else:
-            hidden_states = self.embeddings(inputs_embeds=packed.unpad(inputs_embeds.reshape(batch_size, seq_len, -1)))
+            hidden_states = embed(self.embeddings, None,
+                                  packed.unpad(inputs_embeds.reshape(batch_size, seq_len, -1)), residual_dtype)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         if packed.total_tokens == 0:  # every row is padding: nothing to attend over
             return self.final_norm(hidden_states), packed, all_hidden_states
 
-        device_type = hidden_states.device.type
-        autocast_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        if autocast_dtype is not None and self.config.residual_dtype == "autocast":
-            hidden_states = hidden_states.to(autocast_dtype)  # CUDA autocast still runs the norms in fp32
         ctx = AttentionContext(
             cu_seqlens=packed.cu_seqlens,
             max_seqlen=packed.max_seqlen,
             rope={name: rope(packed.position_ids) for name, rope in self.rotary_emb.items()},
-            compile=self._use_compile(hidden_states.device),
+            compile=use_compile,
         )
         compute_dtype = autocast_dtype or hidden_states.dtype
         varlen_possible = (
@@ -995,10 +1041,10 @@ def _cross_entropy_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     logits32 = logits.float()
     lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
     loss = (lse.squeeze(1) - logits32.gather(1, labels[:, None]).squeeze(1)).sum()
-    grad = torch.exp(logits32 - lse).scatter_add(
-        1, labels[:, None], torch.full((labels.shape[0], 1), -1.0, device=logits.device)
-    )
-    return loss, grad.to(logits.dtype)
+    # The one-hot as a comparison with an index, not a scatter: compiled, the gradient is one pass over the logits
+    # after the log-sum-exp (0.47 against 0.75 ms per 2,048 x 50,368 chunk on an H100, `bench.elementwise`).
+    onehot = torch.arange(logits.shape[1], device=logits.device)[None, :] == labels[:, None]
+    return loss, (torch.exp(logits32 - lse) - onehot.to(torch.float32)).to(logits.dtype)
 
 
 _ADDMM_OUT_DTYPE = "dtype_out" in torch.ops.aten.addmm.overloads()  # torch >= 2.9; CUDA kernels only

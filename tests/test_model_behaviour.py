@@ -281,7 +281,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         model.config.compile_layers = "on"
         fallen_back = model(input_ids=ids).last_hidden_state
     assert torch.equal(plain, fallen_back)
-    assert modeling._compile_failed == {modeling._qkv_block, modeling._output_block}
+    assert modeling._compile_failed == {modeling._embedding_block, modeling._qkv_block, modeling._output_block}
 
 
 def test_compile_auto_only_on_cuda():
@@ -391,3 +391,29 @@ def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
         assert buckets == []  # DDPOptimizer never ran
     else:
         assert buckets and max(buckets) > 1
+
+
+def test_split_matmuls_equal_one_matmul_and_keep_wrapped_layers():
+    """Compiled layers run Wi (and Wqkv) as one matmul per output block: same outputs and gradients as one matmul."""
+    import modeling_clinical_modernbert as modeling
+
+    torch.manual_seed(12)
+    mlp = modeling.ClinicalModernBertMLP(tiny_config(mlp_bias=True))
+    x = torch.randn(7, mlp.Wi.in_features)
+    results = []
+    for split in (False, True):
+        mlp.zero_grad()
+        out = mlp(x, split_matmuls=split)
+        out.pow(2).sum().backward()
+        results.append((out, mlp.Wi.weight.grad.clone(), mlp.Wi.bias.grad.clone()))
+    for one, split in zip(*results):
+        torch.testing.assert_close(split, one, rtol=1e-5, atol=1e-6)
+
+    class Adapter(torch.nn.Linear):  # stands in for PEFT's LoRA layer or a quantised Linear
+        def forward(self, hidden):
+            return super().forward(hidden) + 1.0
+
+    wrapped = Adapter(4, 6)
+    parts = modeling.split_linear(wrapped, torch.zeros(2, 4), 3)
+    assert len(parts) == 3 and all(torch.equal(p, wrapped.bias.reshape(3, 2)[i].expand(2, 2) + 1.0)
+                                   for i, p in enumerate(parts))
