@@ -121,36 +121,38 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
     def window(size: int) -> int | None:
         return None if size < 0 else size
 
-    def forward(q, k, v, cu_seqlens, max_seqlen, scale, window_left, window_right, deterministic):
+    def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, window_left, window_right,
+                deterministic):
         out, lse = interface._flash_attn_fwd(
-            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
-            max_seqlen_k=max_seqlen, softmax_scale=scale, causal=False, window_size_left=window(window_left),
+            q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k, softmax_scale=scale, causal=False, window_size_left=window(window_left),
             window_size_right=window(window_right), return_lse=True,
         )[:2]
         return out, lse
 
-    def backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, window_left, window_right,
-                 deterministic):
+    def backward(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                 window_left, window_right, deterministic):
         dq, dk, dv = interface._flash_attn_bwd(
             q, k, v, out, grad_out, lse, softmax_scale=scale, causal=False, window_size_left=window(window_left),
-            window_size_right=window(window_right), cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, deterministic=deterministic,
+            window_size_right=window(window_right), cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, deterministic=deterministic,
         )[:3]
         return dq, dk, dv
 
-    arguments = "SymInt max_seqlen, float scale, int window_left, int window_right, bool deterministic"
+    arguments = ("Tensor cu_seqlens_q, Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float scale, "
+                 "int window_left, int window_right, bool deterministic")
     forward_op = torch.library.custom_op(
         f"{namespace}::fa4_varlen_fwd", forward, mutates_args=(),
-        schema=f"(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, {arguments}) -> (Tensor, Tensor)",
+        schema=f"(Tensor q, Tensor k, Tensor v, {arguments}) -> (Tensor, Tensor)",
     )
     backward_op = torch.library.custom_op(
         f"{namespace}::fa4_varlen_bwd", backward, mutates_args=(),
-        schema=f"(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor cu_seqlens, "
-               f"{arguments}) -> (Tensor, Tensor, Tensor)",
+        schema=f"(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {arguments}) "
+               "-> (Tensor, Tensor, Tensor)",
     )
 
     @forward_op.register_fake
-    def _(q, k, v, cu_seqlens, *args):
+    def _(q, k, v, *args):
         return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # lse: (heads, total)
 
     @backward_op.register_fake
@@ -158,13 +160,14 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     def setup_context(ctx, inputs, output):
-        q, k, v, cu_seqlens, *ctx.arguments = inputs
-        ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens)
+        q, k, v, cu_seqlens_q, cu_seqlens_k, *ctx.arguments = inputs
+        ctx.save_for_backward(q, k, v, output[0], output[1], cu_seqlens_q, cu_seqlens_k)
 
     def autograd_backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = backward_op(grad_out.contiguous(), q, k, v, out, lse, cu_seqlens, *ctx.arguments)
-        return dq, dk, dv, None, None, None, None, None, None
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        dq, dk, dv = backward_op(grad_out.contiguous(), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                 *ctx.arguments)
+        return dq, dk, dv, *([None] * 8)
 
     forward_op.register_autograd(autograd_backward, setup_context=setup_context)
 
@@ -475,15 +478,25 @@ def sdpa_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalMod
 
 
 def _varlen_attn(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                 max_seqlen: int, module: ClinicalModernBertAttention) -> torch.Tensor:
-    """Varlen self-attention by torch op: FlashAttention-4 (`flash-attn-4`) or torch's FlashAttention-2."""
+                 max_seqlen: int, module: ClinicalModernBertAttention,
+                 cu_seqlens_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Varlen self-attention by torch op: FlashAttention-4 (`flash-attn-4`) or torch's FlashAttention-2.
+
+    `cu_seqlens_q` (global layers only): q holds a subset of each document's tokens, delimited by it; k and v hold
+    all of them. `max_seqlen` bounds both.
+    """
     window = (-1, -1) if module.local_window is None else (module.local_window, module.local_window)
+    if cu_seqlens_q is None:
+        cu_seqlens_q = cu_seqlens
+    elif module.local_window is not None:
+        raise ValueError("a subset of queries needs a global attention layer: local windows count query positions")
     if kernel == "flash-attn-4":
         return torch.ops.clinical_modernbert.fa4_varlen_fwd(
-            q, k, v, cu_seqlens, max_seqlen, module.scale, window[0], window[1], module.deterministic
+            q, k, v, cu_seqlens_q, cu_seqlens, max_seqlen, max_seqlen, module.scale, window[0], window[1],
+            module.deterministic,
         )[0]
     return _torch_varlen_attn(
-        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=module.scale, window_size=window
+        q, k, v, cu_seqlens_q, cu_seqlens, max_seqlen, max_seqlen, scale=module.scale, window_size=window
     )
 
 
@@ -716,17 +729,27 @@ def _project_qkv(attn: ClinicalModernBertAttention, hidden_states: torch.Tensor)
 
 
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
-                        sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str) -> torch.Tensor:
+                        sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str,
+                        rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None) -> torch.Tensor:
     """A whole layer around a varlen attention op, one compiled graph.
 
     `torch.nn.attention.varlen` and our FlashAttention-4 wrapper are torch custom ops, so dynamo traces the layer
     around them: q, k and v come straight out of the fused norm/RoPE kernels (no stack/unbind copies), and their
     gradients go straight into `Wqkv`'s backward. One graph per layer also means one Python call per layer and
     direction, which keeps the GPU fed.
+
+    With `rows` (a global layer), only those tokens query: keys and values come from every token, and the output
+    projection, residuals and MLP run on `rows` alone, which are returned.
     """
     attn = layer.attn
     q, k, v = _project_qkv(attn, layer.attn_norm(hidden_states))
-    out = _varlen_attn(kernel, apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, cu_seqlens, max_seqlen, attn)
+    k = apply_rotary(k, cos, sin)
+    if rows is None:
+        q = apply_rotary(q, cos, sin)
+    else:
+        q = apply_rotary(q.index_select(0, rows), cos.index_select(0, rows), sin.index_select(0, rows))
+        hidden_states = hidden_states.index_select(0, rows)
+    out = _varlen_attn(kernel, q, k, v, cu_seqlens, max_seqlen, attn, cu_seqlens_rows)
     hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
     return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
 
@@ -755,15 +778,24 @@ class ClinicalModernBertEncoderLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
         self.mlp = ClinicalModernBertMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, ctx: AttentionContext,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`rows`: ascending packed indices of the only tokens whose outputs are wanted, and returned (MLM
+        training's last layer, whose masked tokens are all the head reads). A global layer on the fused varlen path
+        then computes queries, output projection and MLP for those tokens only; elsewhere the whole layer runs."""
         cos, sin = ctx.rope[self.attn.layer_type]
         if ctx.compile and ctx.fused_varlen:  # the whole layer in one compiled graph
-            return maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget)(
-                self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel
-            )
-        # Otherwise the attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
-        qkv = maybe_compiled(_qkv_block, ctx.compile)(self.attn_norm, self.attn, hidden_states, cos, sin)
-        return maybe_compiled(_output_block, ctx.compile)(self, hidden_states, self.attn.attend(qkv, ctx))
+            block = maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget)
+            if rows is not None and self.attn.local_window is None:
+                cu_seqlens_rows = torch.searchsorted(rows, ctx.cu_seqlens.to(rows.dtype)).to(torch.int32)
+                return block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel, rows,
+                             cu_seqlens_rows)
+            hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel)
+        else:
+            # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
+            qkv = maybe_compiled(_qkv_block, ctx.compile)(self.attn_norm, self.attn, hidden_states, cos, sin)
+            hidden_states = maybe_compiled(_output_block, ctx.compile)(self, hidden_states, self.attn.attend(qkv, ctx))
+        return hidden_states if rows is None else hidden_states.index_select(0, rows)
 
 
 class ClinicalModernBertPredictionHead(nn.Module):
@@ -897,8 +929,17 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
         max_seqlen: int | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        output_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, PackedBatch, list[torch.Tensor] | None]:
-        """Run the encoder and return packed `(total_tokens, hidden)` states, the packing, and per-layer states."""
+        """Run the encoder and return packed `(total_tokens, hidden)` states, the packing, and per-layer states.
+
+        `output_rows`: ascending packed indices of the only tokens whose final states are wanted; the states
+        returned are then `(len(output_rows), hidden)`, and the last layer may skip the other tokens (see
+        `ClinicalModernBertEncoderLayer.forward`). Not with `output_hidden_states`.
+        """
+        if output_rows is not None and output_hidden_states:
+            raise ValueError("output_rows selects the last layer's tokens; it cannot be combined with "
+                             "output_hidden_states, which returns every layer's states for every token")
         batch_size, seq_len = _check_inputs(self.config, input_ids, inputs_embeds, attention_mask, cu_seqlens)
         device = (input_ids if input_ids is not None else inputs_embeds).device
         packed = unpad_input(batch_size, seq_len, device, attention_mask, position_ids, cu_seqlens, max_seqlen)
@@ -922,6 +963,8 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                                   packed.unpad(inputs_embeds.reshape(batch_size, seq_len, -1)), residual_dtype)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         if packed.total_tokens == 0:  # every row is padding: nothing to attend over
+            if output_rows is not None:
+                hidden_states = hidden_states.index_select(0, output_rows)
             return self.final_norm(hidden_states), packed, all_hidden_states
 
         ctx = AttentionContext(
@@ -951,11 +994,15 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
         if varlen_possible:
             _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
                       + (", compiled with each layer" if ctx.fused_varlen else ""))
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            rows = output_rows if index == last else None
             if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(partial(layer.__call__, ctx=ctx), hidden_states)
+                hidden_states = self._gradient_checkpointing_func(
+                    partial(layer.__call__, ctx=ctx, rows=rows), hidden_states
+                )
             else:
-                hidden_states = layer(hidden_states, ctx)
+                hidden_states = layer(hidden_states, ctx, rows)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
         return self.final_norm(hidden_states), packed, all_hidden_states
@@ -1169,22 +1216,30 @@ class ClinicalModernBertForMaskedLM(ClinicalModernBertPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        hidden, packed, all_hidden = self.model.forward_packed(
-            input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds, output_hidden_states
-        )
-        loss = None
-        if labels is not None and self.config.sparse_prediction:
-            flat_labels = packed.unpad(labels.reshape(packed.batch_size, packed.seq_len).to(hidden.device))
-            if masked_positions is None:
-                selected = (flat_labels != self.config.sparse_pred_ignore_index).nonzero().squeeze(1)
-            elif packed.indices is not None or masked_positions.dim() != 1 or masked_positions.is_floating_point():
+        sparse = labels is not None and self.config.sparse_prediction
+        output_rows = None
+        if sparse and masked_positions is not None:
+            if cu_seqlens is None or masked_positions.dim() != 1 or masked_positions.is_floating_point():
                 raise ValueError(
                     f"masked_positions (shape {tuple(masked_positions.shape)}, {masked_positions.dtype}) must be 1-D "
                     "integer indices into a packed batch (cu_seqlens and no attention_mask)"
                 )
+            masked_positions = masked_positions.to((input_ids if input_ids is not None else inputs_embeds).device)
+            # Only the masked tokens' final states are read: the last layer may skip the others.
+            output_rows = None if output_hidden_states else masked_positions
+        hidden, packed, all_hidden = self.model.forward_packed(
+            input_ids, attention_mask, position_ids, cu_seqlens, max_seqlen, inputs_embeds, output_hidden_states,
+            output_rows,
+        )
+        loss = None
+        if sparse:
+            flat_labels = packed.unpad(labels.reshape(packed.batch_size, packed.seq_len).to(hidden.device))
+            if masked_positions is None:
+                selected = (flat_labels != self.config.sparse_pred_ignore_index).nonzero().squeeze(1)
             else:
-                selected = masked_positions.to(hidden.device)
-            masked_hidden, masked_labels = hidden.index_select(0, selected), flat_labels.index_select(0, selected)
+                selected = masked_positions
+            masked_hidden = hidden if output_rows is not None else hidden.index_select(0, selected)
+            masked_labels = flat_labels.index_select(0, selected)
             chunk = self.config.mlm_loss_chunk_size
             if chunk and self.training and torch.is_grad_enabled():
                 logits = None  # never stored: each chunk's logits are recomputed in backward

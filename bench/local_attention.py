@@ -167,7 +167,7 @@ def measure_flash_attn_4(name: str, q, k, v, grad_out, cu_seqlens, longest: int)
         for x in (q, k, v):
             x.grad = None
         if kernel == "FA4":
-            out = fa4(q, k, v, cu_seqlens, longest, scale, window, window, False)[0]
+            out = fa4(q, k, v, cu_seqlens, cu_seqlens, longest, longest, scale, window, window, False)[0]
         else:
             out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, window_size=(window, window))
         if backward:

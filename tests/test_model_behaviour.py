@@ -417,3 +417,17 @@ def test_split_matmuls_equal_one_matmul_and_keep_wrapped_layers():
     parts = modeling.split_linear(wrapped, torch.zeros(2, 4), 3)
     assert len(parts) == 3 and all(torch.equal(p, wrapped.bias.reshape(3, 2)[i].expand(2, 2) + 1.0)
                                    for i, p in enumerate(parts))
+
+
+def test_output_rows_return_those_final_states_and_exclude_all_hidden_states():
+    torch.manual_seed(13)
+    model = ClinicalModernBertModel(tiny_config(attention_backend="sdpa")).eval()
+    ids = torch.randint(5, 128, (1, 30))
+    cu_seqlens = torch.tensor([0, 12, 30], dtype=torch.int32)
+    rows = torch.tensor([1, 11, 12, 29])
+    with torch.no_grad():
+        every, _, _ = model.forward_packed(ids, cu_seqlens=cu_seqlens)
+        selected, _, _ = model.forward_packed(ids, cu_seqlens=cu_seqlens, output_rows=rows)
+    torch.testing.assert_close(selected, every[rows])
+    with pytest.raises(ValueError, match="output_rows selects the last layer's tokens"):
+        model.forward_packed(ids, cu_seqlens=cu_seqlens, output_rows=rows, output_hidden_states=True)

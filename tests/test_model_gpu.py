@@ -99,6 +99,36 @@ def test_flash_attn_4_and_torch_kernels_agree_on_a_training_step():
         assert (fa4_grads[name] - grad).norm() <= 3e-2 * grad.norm().clamp(min=1e-6), name
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_last_layer_at_the_masked_tokens_only_trains_like_the_full_layer(kernel, monkeypatch):
+    """Given the collator's masked_positions, the last (global) layer queries, projects and runs its MLP at the
+    masked tokens only (`cu_seqlens_q` from `searchsorted`): same loss and gradients as the whole last layer."""
+    torch.manual_seed(8)
+    model = four_layer_model(compile_layers="on", varlen_kernel=require(kernel))
+    assert model.config.layer_types[-1] == "full_attention"
+    inputs = packed_mlm_inputs([700, 300, 65, 2])
+    inputs["labels"][0, 1000:1065] = -100  # a document without a masked token: an empty query range
+    positions = (inputs["labels"][0] != -100).nonzero().squeeze(1)
+    searches = []
+    searchsorted = torch.searchsorted
+    monkeypatch.setattr(torch, "searchsorted", lambda *a, **k: searches.append(a) or searchsorted(*a, **k))
+
+    def step(**extra):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs, **extra).loss
+        loss.backward()
+        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
+
+    full_loss, full_grads = step()
+    assert not searches  # without masked_positions, the whole last layer runs
+    rows_loss, rows_grads = step(masked_positions=positions)
+    assert len(searches) == 1  # the last layer took the masked rows
+    assert abs(rows_loss - full_loss) <= 5e-3 * abs(full_loss)
+    for name, grad in full_grads.items():
+        assert (rows_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+
+
 def test_auto_backend_picks_varlen_in_bf16_and_sdpa_in_fp32():
     from modeling_clinical_modernbert import resolve_attention_backend
 

@@ -27,48 +27,55 @@ class ReferenceFlashAttn4:
         self.calls: list[tuple] = []
 
     @staticmethod
-    def documents(cu_seqlens, left, right):
-        """(start, end, allowed) per document; allowed[i, j]: query i may see key j."""
-        for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-            position = torch.arange(end - start)
-            behind = position[:, None] - position[None]  # query - key
-            allowed = torch.ones_like(behind, dtype=torch.bool)
-            if left is not None:
-                allowed &= behind <= left
-            if right is not None:
-                allowed &= -behind <= right
-            yield start, end, allowed
+    def documents(cu_seqlens_q, cu_seqlens_k, left, right):
+        """(q start, q end, k start, k end, allowed) per document; allowed[i, j]: query i may see key j."""
+        bounds = zip(cu_seqlens_q[:-1].tolist(), cu_seqlens_q[1:].tolist(), cu_seqlens_k[:-1].tolist(),
+                     cu_seqlens_k[1:].tolist())
+        for q_start, q_end, k_start, k_end in bounds:
+            allowed = torch.ones(q_end - q_start, k_end - k_start, dtype=torch.bool)
+            if left is not None or right is not None:  # windows count positions: queries are then every token
+                assert q_end - q_start == k_end - k_start
+                position = torch.arange(k_end - k_start)
+                behind = position[:, None] - position[None]  # query - key
+                if left is not None:
+                    allowed &= behind <= left
+                if right is not None:
+                    allowed &= -behind <= right
+            yield q_start, q_end, k_start, k_end, allowed
 
     @classmethod
-    def attend(cls, q, k, v, cu_seqlens, scale, left, right):
+    def attend(cls, q, k, v, cu_seqlens_q, cu_seqlens_k, scale, left, right):
         outputs, lses = [], []
-        for start, end, allowed in cls.documents(cu_seqlens, left, right):
-            qd, kd, vd = (x[start:end].transpose(0, 1) for x in (q, k, v))  # (heads, n, head_dim)
+        for q_start, q_end, k_start, k_end, allowed in cls.documents(cu_seqlens_q, cu_seqlens_k, left, right):
+            qd = q[q_start:q_end].transpose(0, 1)  # (heads, n, head_dim)
+            kd, vd = (x[k_start:k_end].transpose(0, 1) for x in (k, v))
             scores = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
             lses.append(scores.logsumexp(-1))
             outputs.append((scores.softmax(-1) @ vd).transpose(0, 1))
-        return torch.cat(outputs), torch.cat(lses, dim=1)  # (total, heads, head_dim), (heads, total)
+        return torch.cat(outputs), torch.cat(lses, dim=1)  # (total_q, heads, head_dim), (heads, total_q)
 
     @classmethod
-    def gradients(cls, q, k, v, out, dout, lse, cu_seqlens, scale, left, right):
+    def gradients(cls, q, k, v, out, dout, lse, cu_seqlens_q, cu_seqlens_k, scale, left, right):
         """FlashAttention's backward by hand (autograd is off inside a custom op): P from the saved lse."""
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for start, end, allowed in cls.documents(cu_seqlens, left, right):
-            qd, kd, vd, od, dod = (x[start:end].transpose(0, 1) for x in (q, k, v, out, dout))
+        for q_start, q_end, k_start, k_end, allowed in cls.documents(cu_seqlens_q, cu_seqlens_k, left, right):
+            qd, od, dod = (x[q_start:q_end].transpose(0, 1) for x in (q, out, dout))
+            kd, vd = (x[k_start:k_end].transpose(0, 1) for x in (k, v))
             scores = (qd @ kd.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-            probs = torch.exp(scores - lse[:, start:end, None])
-            dv[start:end] = (probs.transpose(-1, -2) @ dod).transpose(0, 1)
+            probs = torch.exp(scores - lse[:, q_start:q_end, None])
+            dv[k_start:k_end] = (probs.transpose(-1, -2) @ dod).transpose(0, 1)
             dscores = probs * (dod @ vd.transpose(-1, -2) - (dod * od).sum(-1, keepdim=True))
-            dq[start:end] = (dscores @ kd * scale).transpose(0, 1)
-            dk[start:end] = (dscores.transpose(-1, -2) @ qd * scale).transpose(0, 1)
+            dq[q_start:q_end] = (dscores @ kd * scale).transpose(0, 1)
+            dk[k_start:k_end] = (dscores.transpose(-1, -2) @ qd * scale).transpose(0, 1)
         return dq, dk, dv
 
     def _flash_attn_fwd(self, q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
                         softmax_scale=None, causal=False, window_size_left=None, window_size_right=None,
                         return_lse=False):
-        assert cu_seqlens_q is cu_seqlens_k and max_seqlen_q == max_seqlen_k and not causal and return_lse
+        assert max_seqlen_q == max_seqlen_k and not causal and return_lse
         self.calls.append(("fwd", max_seqlen_q, window_size_left, window_size_right))
-        out, lse = self.attend(q, k, v, cu_seqlens_q, softmax_scale, window_size_left, window_size_right)
+        out, lse = self.attend(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_size_left,
+                               window_size_right)
         return out, lse, None, None, None  # the package returns extras after (out, lse)
 
     def _flash_attn_bwd(self, q, k, v, out, dout, lse, softmax_scale=None, causal=False, window_size_left=None,
@@ -76,7 +83,7 @@ class ReferenceFlashAttn4:
                         max_seqlen_k=None, deterministic=False):
         assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32
         self.calls.append(("bwd", max_seqlen_q, window_size_left, window_size_right, deterministic))
-        return self.gradients(q, k, v, out, dout, lse, cu_seqlens_q, softmax_scale, window_size_left,
+        return self.gradients(q, k, v, out, dout, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_size_left,
                               window_size_right)
 
 
@@ -112,7 +119,7 @@ def test_flash_attn_4_op_matches_dense_attention_forward_and_backward(reference_
     op, interface = reference_op
     q, k, v, cu_seqlens, longest = packed_inputs()
     grad_out = torch.randn_like(q)
-    out, lse = op(q, k, v, cu_seqlens, longest, 8**-0.5, window, window, True)
+    out, lse = op(q, k, v, cu_seqlens, cu_seqlens, longest, longest, 8**-0.5, window, window, True)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     expected = dense_attention(q, k, v, cu_seqlens, window)
     expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
@@ -125,13 +132,41 @@ def test_flash_attn_4_op_matches_dense_attention_forward_and_backward(reference_
     assert interface.calls[-2:] == [("fwd", longest, size, size), ("bwd", longest, size, size, True)]
 
 
+def test_flash_attn_4_op_with_a_subset_of_queries(reference_op):
+    """The last layer of MLM training attends from the masked tokens only: q holds some rows of each document
+    (`cu_seqlens_q`), k and v all of them. Outputs and gradients equal full attention's at those rows."""
+    op, _ = reference_op
+    q, k, v, cu_seqlens, longest = packed_inputs(seed=4)
+    rows = torch.tensor([0, 3, 36, 45, 58, 59])  # documents of 37, 5 and 20 tokens: none in the second
+    cu_seqlens_q = torch.searchsorted(rows, cu_seqlens.long()).to(torch.int32)
+    assert cu_seqlens_q.tolist() == [0, 3, 3, 6]
+    grad_out = torch.randn(len(rows), *q.shape[1:])
+    out, lse = op(q[rows], k, v, cu_seqlens_q, cu_seqlens, longest, longest, 8**-0.5, -1, -1, False)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    expected = dense_attention(q, k, v, cu_seqlens, -1)[rows]
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
+    assert lse.shape == (2, len(rows))
+    assert torch.allclose(out, expected, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected_grad, atol=1e-5)
+
+
+def test_a_subset_of_queries_needs_a_global_layer():
+    attention = modeling.ClinicalModernBertAttention(tiny_config(), layer_idx=1)
+    assert attention.local_window is not None
+    q = torch.zeros(4, attention.num_heads, attention.head_dim)
+    cu_seqlens = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="a subset of queries needs a global attention layer"):
+        modeling._varlen_attn("torch", q[:2], q, q, cu_seqlens, 4, attention, torch.tensor([0, 2], dtype=torch.int32))
+
+
 def test_flash_attn_4_op_traces_under_torch_compile(reference_op):
     """The fake (meta) implementations give the real shapes, so a compiled layer can hold the op in its graph."""
     op, _ = reference_op
     q, k, v, cu_seqlens, longest = packed_inputs(seed=1)
 
     def attend(q, k, v):
-        return op(q, k, v, cu_seqlens, longest, 8**-0.5, 4, 4, False)[0].square().sum()
+        return op(q, k, v, cu_seqlens, cu_seqlens, longest, longest, 8**-0.5, 4, 4, False)[0].square().sum()
 
     compiled = torch.compile(attend, backend="aot_eager", fullgraph=True)
     grads = torch.autograd.grad(compiled(q, k, v), (q, k, v))
@@ -145,8 +180,10 @@ def test_flash_attn_4_op_keeps_compiled_graphs_across_batch_shapes(reference_op)
     import torch._dynamo.utils
 
     op, _ = reference_op
-    compiled = torch.compile(lambda q, k, v, cu, longest: op(q, k, v, cu, longest, 8**-0.5, 4, 4, False)[0].sum(),
-                             backend="aot_eager", dynamic=True)
+    compiled = torch.compile(
+        lambda q, k, v, cu, longest: op(q, k, v, cu, cu, longest, longest, 8**-0.5, 4, 4, False)[0].sum(),
+        backend="aot_eager", dynamic=True,
+    )
     generator = torch.Generator().manual_seed(3)
 
     def run():
@@ -167,13 +204,13 @@ def test_flash_attn_4_op_keeps_compiled_graphs_across_batch_shapes(reference_op)
 def test_flash_attn_4_ops_pass_torch_opcheck(reference_op, name):
     """torch's own op checks: schema, autograd registration, fake tensors equal to real ones (shapes, dtypes)."""
     q, k, v, cu_seqlens, longest = packed_inputs(seed=2)
-    settings = (longest, 8**-0.5, 4, 4, False)
+    settings = (cu_seqlens, cu_seqlens, longest, longest, 8**-0.5, 4, 4, False)
     if name == "fa4_varlen_fwd":
-        args = (q, k, v, cu_seqlens, *settings)
+        args = (q, k, v, *settings)
     else:
         with torch.no_grad():
-            out, lse = reference_op[0](q, k, v, cu_seqlens, *settings)
-        args = (torch.randn_like(q), *(x.detach() for x in (q, k, v)), out, lse, cu_seqlens, *settings)
+            out, lse = reference_op[0](q, k, v, *settings)
+        args = (torch.randn_like(q), *(x.detach() for x in (q, k, v)), out, lse, *settings)
     torch.library.opcheck(getattr(getattr(torch.ops, NAMESPACE), name), args)
 
 
