@@ -653,7 +653,8 @@ def split_linear(linear: nn.Module, hidden_states: torch.Tensor, parts: int) -> 
 class ClinicalModernBertMLP(nn.Module):
     """GeGLU: `Wo(drop(act(input) * gate))` with `input, gate = Wi(x).chunk(2)`.
 
-    `split_matmuls=True` (compiled layers) computes `input` and `gate` as two matmuls: see `split_linear`.
+    `split_matmuls=True` (compiled layers, when training) computes `input` and `gate` as two matmuls, which only
+    pays in backward: see `split_linear`.
     """
 
     def __init__(self, config: ClinicalModernBertConfig) -> None:
@@ -716,7 +717,7 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
                   attn_output: torch.Tensor) -> torch.Tensor:
     """Wo -> residual -> mlp_norm -> GeGLU MLP -> residual."""
     hidden_states = hidden_states + layer.attn.out_drop(layer.attn.Wo(attn_output))
-    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
+    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=torch.is_grad_enabled())
 
 
 def _project_qkv(attn: ClinicalModernBertAttention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -751,7 +752,7 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
         hidden_states = hidden_states.index_select(0, rows)
     out = _varlen_attn(kernel, q, k, v, cu_seqlens, max_seqlen, attn, cu_seqlens_rows)
     hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
-    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
+    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=torch.is_grad_enabled())
 
 
 def _embedding_block(embeddings: ClinicalModernBertEmbeddings, input_ids: torch.Tensor | None,
