@@ -394,7 +394,7 @@ def test_ddp_does_not_split_the_compiled_layers(ours, monkeypatch, tmp_path):
 
 
 def test_split_matmuls_equal_one_matmul_and_keep_wrapped_layers():
-    """Compiled layers run Wi (and Wqkv) as one matmul per output block: same outputs and gradients as one matmul."""
+    """Compiled layers run Wi as one matmul per half when training: same outputs and gradients as one matmul."""
     import modeling_clinical_modernbert as modeling
 
     torch.manual_seed(12)
