@@ -485,7 +485,7 @@ def _varlen_attn(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     `cu_seqlens_q` (global layers only): q holds a subset of each document's tokens, delimited by it; k and v hold
     all of them. `max_seqlen` bounds both.
     """
-    window = (-1, -1) if module.local_window is None else (module.local_window, module.local_window)
+    window = module.window_size
     if cu_seqlens_q is None:
         cu_seqlens_q = cu_seqlens
     elif module.local_window is not None:
@@ -502,13 +502,12 @@ def _varlen_attn(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def varlen_attention(qkv: torch.Tensor, ctx: AttentionContext, module: ClinicalModernBertAttention) -> torch.Tensor:
     if ctx.varlen_kernel == "flash-attn":
-        window = (-1, -1) if module.local_window is None else (module.local_window, module.local_window)
         return _flash_attn_varlen_qkvpacked(
             qkv, ctx.cu_seqlens, ctx.max_seqlen,
             dropout_p=module.dropout_p if module.training else 0.0,
             softmax_scale=module.scale,
             causal=False,
-            window_size=window,
+            window_size=module.window_size,
             deterministic=module.deterministic,
         )
     q, k, v = qkv.unbind(1)  # each (total_tokens, heads, head_dim)
@@ -685,6 +684,8 @@ class ClinicalModernBertAttention(nn.Module):
         self.deterministic = config.deterministic_flash_attn
         self.layer_type = config.layer_types[layer_idx]
         self.local_window = config.local_window if self.layer_type == "sliding_attention" else None
+        # FlashAttention's (left, right) window: -1 is unbounded
+        self.window_size = (-1, -1) if self.local_window is None else (self.local_window, self.local_window)
         self.Wqkv = _init_role(nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias), "in")
         self.Wo = _init_role(nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias), "out")
         self.out_drop = nn.Dropout(config.attention_dropout) if config.attention_dropout > 0.0 else nn.Identity()
@@ -720,15 +721,6 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
     return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=torch.is_grad_enabled())
 
 
-def _project_qkv(attn: ClinicalModernBertAttention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """q, k and v as `(total, heads, head_dim)` views of one Wqkv matmul.
-
-    Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
-    slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
-    """
-    return attn.Wqkv(hidden_states).view(-1, 3, attn.num_heads, attn.head_dim).unbind(1)
-
-
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str,
                         rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -743,7 +735,10 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     projection, residuals and MLP run on `rows` alone, which are returned.
     """
     attn = layer.attn
-    q, k, v = _project_qkv(attn, layer.attn_norm(hidden_states))
+    # Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
+    # slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
+    qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
+    q, k, v = qkv.unbind(1)
     k = apply_rotary(k, cos, sin)
     if rows is None:
         q = apply_rotary(q, cos, sin)

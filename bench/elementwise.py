@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.profile_step import time_step  # noqa: E402
 
 HIDDEN, INTERMEDIATE, HEADS, HEAD_DIM, VOCAB = 768, 1152, 12, 64, 50368
 
@@ -101,20 +102,6 @@ def concat_kernels():
         yield
 
 
-def timed(fn: Callable[[], None], steps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def make_step(compiled: Callable, context: Callable | None, inputs: tuple, backward: bool) -> Callable[[], tuple]:
     """One forward (+ backward with fixed random output gradients) of `compiled` on `inputs`."""
     grads_out = None
@@ -138,16 +125,19 @@ def make_step(compiled: Callable, context: Callable | None, inputs: tuple, backw
     return step
 
 
-def compare(name: str, variants: dict[str, tuple[Callable, contextlib.AbstractContextManager | None]],
-            make_inputs: Callable[[], tuple], steps: int, backward: bool = True) -> None:
+def compare(name: str, variants: dict[str, tuple[Callable, Callable | None]], make_inputs: Callable[[], tuple],
+            steps: int, backward: bool = True) -> None:
+    """Time each variant `label: (function, inductor-config context or None)` on the same inputs, and print its
+    largest difference (outputs and input gradients) to the first variant. `function` is compiled unless its label
+    says eager."""
     reference = None
     print(f"\n{name}")
     for label, (fn, context) in variants.items():
         torch._dynamo.reset()
         torch.manual_seed(0)
         inputs = make_inputs()
-        step = make_step(torch.compile(fn, dynamic=True), context, inputs, backward)
-        ms = timed(step, steps)
+        step = make_step(fn if "eager" in label else torch.compile(fn, dynamic=True), context, inputs, backward)
+        ms = time_step(step, warmup=3, steps=steps)
         outs = [o.float() for o in step()]
         grads = [t.grad.float() for t in inputs if isinstance(t, torch.Tensor) and t.grad is not None]
         if reference is None:
@@ -177,9 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         return x, wi, wo
 
     compare("GeGLU MLP (Wi, gelu * gate, Wo), forward + backward", {
-        "chunk (current)": (geglu_chunk, None),
+        "chunk (before)": (geglu_chunk, None),
         "chunk, ConcatKernel cats": (geglu_chunk, concat_kernels),
-        "two linears on Wi's halves": (geglu_two_linear, None),
+        "two linears on Wi's halves (model)": (geglu_two_linear, None),
     }, geglu_inputs, args.steps)
 
     def qkv_inputs():
@@ -191,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         return x, wqkv, emb.cos(), emb.sin()
 
     compare("Wqkv and RoPE on q and k, forward + backward", {
-        "one linear, rotate_half (current)": (qkv_one_linear, None),
+        "one linear, rotate_half (model)": (qkv_one_linear, None),
         "one linear, roll": (qkv_one_linear_roll, None),
         "three linears on Wqkv's thirds": (qkv_three_linears, None),
     }, qkv_inputs, args.steps)
@@ -201,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         return logits, torch.randint(0, VOCAB, (args.masked,), device=device)
 
     compare("cross-entropy and its gradient over one chunk of logits (forward only)", {
-        "scatter_add (current)": (ce_scatter, None),
-        "iota == label": (ce_iota, None),
+        "scatter_add (before)": (ce_scatter, None),
+        "iota == label (model)": (ce_iota, None),
     }, ce_inputs, args.steps, backward=False)
 
     def embed_inputs():
@@ -210,18 +200,10 @@ def main(argv: list[str] | None = None) -> None:
         weight = (torch.randn(VOCAB, HIDDEN, device=device) * 0.02).requires_grad_()
         return ids, weight, torch.ones(HIDDEN, device=device, requires_grad=True)
 
-    print("\nembedding + norm + bf16 cast, forward + backward")
-    reference = None
-    for label, compiled in (("eager (current)", False), ("compiled", True)):
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        inputs = embed_inputs()
-        step = make_step(torch.compile(embed, dynamic=True) if compiled else embed, None, inputs, True)
-        ms = timed(step, args.steps)
-        result = [step()[0].float(), inputs[1].grad, inputs[2].grad]
-        reference = reference or result
-        error = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(result, reference))
-        print(f"  {label:<34} {ms * 1000:8.1f} us   max relative difference to the first: {error:.2e}")
+    compare("embedding + norm + bf16 cast, forward + backward", {
+        "eager (before)": (embed, None),
+        "compiled (model)": (embed, None),
+    }, embed_inputs, args.steps)
 
 if __name__ == "__main__":
     main()
