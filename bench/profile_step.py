@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--geometry", default="base")
     parser.add_argument("--shape", default="train-1024")
     parser.add_argument("--ours-config", type=_parse_override, action="append", default=[])
+    parser.add_argument("--top", type=int, default=20, help="how many of the costliest kernels to list")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     overrides = dict(args.ours_config)
@@ -92,10 +93,10 @@ def main() -> None:
     for group, ms in summary["groups_ms_per_step"].items():
         print(f"  {group:<32} {ms:8.2f} ms/step  {100 * ms / total:5.1f}%")
     print("\ncostliest kernels:")
-    top = sorted(events, key=lambda e: -e.self_device_time_total)[:20]
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:args.top]
     for event in top:
         print(f"  {event.self_device_time_total / steps / 1e3:8.2f} ms/step  {event.count // steps:5d}x  "
-              f"{event.key[:100]}")
+              f"{event.key[:120]}")
     report.update(summary)
     report["top_kernels"] = [{"name": e.key, "ms_per_step": e.self_device_time_total / steps / 1e3,
                               "calls": e.count // steps} for e in top]
