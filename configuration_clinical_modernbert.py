@@ -132,6 +132,15 @@ class ClinicalModernBertConfig(PretrainedConfig):
             backward (torch's `activation_memory_budget`); lower recomputes more in backward, trading speed for
             memory. On an H200, base at 1,024 tokens: 1.0 -> 14.7 GiB, 0.8 -> 11.8 GiB at 1.6% less throughput,
             0.5 -> 8.7 GiB at 14% less (BENCHMARKS.md). Applies to the compiled varlen layers (CUDA).
+        cuda_graphs (`bool`, defaults to `False`): in training steps (gradients enabled), the compiled blocks replay
+            CUDA graphs (`torch.compile`'s `mode="reduce-overhead"`), so that the GPU no longer waits for Python to
+            launch some 900 kernels per step. A packed batch is padded to a few static shapes for it (tokens to a
+            multiple of 1,024 with one `[PAD]` document, documents to a multiple of 64 with empty ones, `max_seqlen`
+            to a multiple of 1,024, the MLM's masked tokens to a multiple of 256 rows); each new shape records its
+            graphs once. It pays where the host is slow: on an H100 whose host took 54-74 ms to launch a 63 ms step,
+            train-1024 ran at 393.6k instead of 361.8k tokens/s, in 0.2 GiB more (BENCHMARKS.md). Each forward
+            starts a new graph step (`torch.compiler.cudagraph_mark_step_begin`): run one forward's backward before
+            the next forward. CUDA only; not with gradient checkpointing; inference keeps the plain compiled path.
     """
 
     model_type = "clinical_modernbert"
@@ -180,6 +189,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         mlm_loss_chunk_size: int = 2048,
         residual_dtype: str = "autocast",
         activation_memory_budget: float = 0.8,
+        cuda_graphs: bool = False,
         tie_word_embeddings: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -247,6 +257,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         self.mlm_loss_chunk_size = mlm_loss_chunk_size
         self.residual_dtype = residual_dtype
         self.activation_memory_budget = activation_memory_budget
+        self.cuda_graphs = cuda_graphs
         if layer_types is None:
             _check_positive_int("global_attn_every_n_layers", global_attn_every_n_layers)
             layer_types = [
@@ -290,6 +301,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
         budget = self.activation_memory_budget
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget <= 1.0:
             raise ValueError(f"activation_memory_budget={self.activation_memory_budget!r} must be a number in (0, 1]")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs={self.cuda_graphs!r} must be True or False")
         if self.residual_dtype not in RESIDUAL_DTYPES:
             raise ValueError(f"residual_dtype={self.residual_dtype!r} must be one of {RESIDUAL_DTYPES}")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -349,7 +362,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         values = self.to_dict()
         for key in ("model_type", "architectures", "auto_map", "attention_backend", "varlen_kernel", "layer_types",
                     "compile_layers", "mlm_loss_chunk_size", "residual_dtype", "activation_memory_budget",
-                    "transformers_version", "_name_or_path", "mask_token_id"):
+                    "cuda_graphs", "transformers_version", "_name_or_path", "mask_token_id"):
             values.pop(key, None)
         if self.global_attn_every_n_layers is None:
             raise ValueError("this layer_types pattern cannot be expressed as a native ModernBERT config")

@@ -231,17 +231,19 @@ def _compile_settings(memory_budget: float) -> list[tuple[object, dict]]:
     return settings
 
 
-def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
+def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0, cuda_graphs: bool = False):
     """`fn` compiled once for all layers (parameters are graph inputs), or `fn` itself.
 
     `memory_budget` is torch's `activation_memory_budget` for the graphs compiled for it: the share of activations
     the backward may keep (1.0: the default min-cut choice; lower recomputes more to save memory).
+    `cuda_graphs`: compile with `mode="reduce-overhead"`, which replays a recorded CUDA graph per input shape
+    (the caller keeps shapes few: see `pad_to_static_shapes`).
     A compile error is logged once and the plain function is used from then on: compiling is an optimisation and
     must never break a model that runs without it.
     """
     if not enabled or fn in _compile_failed:
         return fn
-    key = (fn, memory_budget)
+    key = (fn, memory_budget, cuda_graphs)
     if key in _compiled_functions:
         return _compiled_functions[key]
     # One function serves every layer, whose variants (first layer, global/local window, dtypes, grad mode) each
@@ -251,7 +253,7 @@ def maybe_compiled(fn, enabled: bool, memory_budget: float = 1.0):
     config = torch._dynamo.config
     limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, limit, max(getattr(config, limit), 64))
-    compiled = torch.compile(fn, dynamic=True)
+    compiled = torch.compile(fn, dynamic=True, mode="reduce-overhead" if cuda_graphs else None)
     patches = [module.patch(**values) for module, values in _compile_settings(memory_budget)]
 
     def run(*args, **kwargs):
@@ -305,6 +307,61 @@ class PackedBatch:
         flat = packed.new_zeros(self.batch_size * self.seq_len, *packed.shape[1:])
         flat = flat.index_copy(0, self.indices, packed)
         return flat.view(self.batch_size, self.seq_len, *packed.shape[1:])
+
+
+# The static shapes a packed batch is padded to when `config.cuda_graphs` is on (see `pad_to_static_shapes`).
+GRAPH_TOKEN_MULTIPLE = 1024
+GRAPH_DOCUMENT_MULTIPLE = 64
+GRAPH_ROW_MULTIPLE = 256
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def pad_to_static_shapes(
+    token_ids: torch.Tensor | None,
+    embeds: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    rows: torch.Tensor | None,
+    pad_token_id: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+    """Pad a packed batch to a few static shapes, so that CUDA graphs recorded for one batch replay for the next.
+
+    - tokens: to a multiple of `GRAPH_TOKEN_MULTIPLE`, as one extra document of `pad_token_id` (zero embeddings
+      for `embeds`) with positions 0, 1, ...: documents never attend to each other, so real tokens do not see it;
+    - documents: `cu_seqlens` to a multiple of `GRAPH_DOCUMENT_MULTIPLE` documents, with empty ones at the end;
+    - `max_seqlen`: to a multiple of `GRAPH_TOKEN_MULTIPLE` (an upper bound is all attention kernels need);
+    - `rows` (ascending output rows): to a multiple of `GRAPH_ROW_MULTIPLE`, repeating the last row (or the last
+      token when there are none), which keeps them ascending.
+
+    Everything runs on the device from shapes the host knows: no sync. The caller keeps the first
+    `position_ids.shape[0]` tokens (or `rows.shape[0]` rows) of the output.
+    """
+    total = position_ids.shape[0]
+    padded_total = _round_up(max(total, 1), GRAPH_TOKEN_MULTIPLE)
+    extra = padded_total - total
+    documents = cu_seqlens.shape[0] - 1 + (1 if extra else 0)
+    boundaries = [cu_seqlens]
+    if extra:
+        boundaries.append(cu_seqlens.new_full((1,), padded_total))
+        position_ids = torch.cat([position_ids, torch.arange(extra, device=position_ids.device,
+                                                             dtype=position_ids.dtype)])
+        if token_ids is not None:
+            token_ids = torch.cat([token_ids, token_ids.new_full((extra,), pad_token_id)])
+        if embeds is not None:
+            embeds = torch.cat([embeds, embeds.new_zeros((extra, *embeds.shape[1:]))])
+    empty = _round_up(documents, GRAPH_DOCUMENT_MULTIPLE) - documents
+    boundaries.append(cu_seqlens.new_full((empty,), padded_total))
+    cu_seqlens = torch.cat(boundaries)
+    max_seqlen = _round_up(max(max_seqlen, extra, 1), GRAPH_TOKEN_MULTIPLE)
+    if rows is not None:
+        count = rows.shape[0]
+        filler = rows[-1:] if count else rows.new_full((1,), padded_total - 1)
+        rows = torch.cat([rows, filler.expand(_round_up(max(count, 1), GRAPH_ROW_MULTIPLE) - count)])
+    return token_ids, embeds, position_ids, cu_seqlens, max_seqlen, rows
 
 
 def _positions_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -435,6 +492,7 @@ class AttentionContext:
     max_seqlen: int
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> (cos, sin), each (total_tokens, 1, head_dim)
     compile: bool = False  # run the blocks around attention through torch.compile
+    cuda_graphs: bool = False  # ... and replay them as CUDA graphs (static shapes: `pad_to_static_shapes`)
     fused_varlen: bool = False  # attention is a torch op (varlen or ours over FA4): compiled with the whole layer
     varlen_kernel: str = "torch"  # behind `flash_attention_2`: "flash-attn-4", "flash-attn" or "torch"
     padding: DocumentPadding | None = None  # built lazily by the padded backends
@@ -781,7 +839,8 @@ class ClinicalModernBertEncoderLayer(nn.Module):
         then computes queries, output projection and MLP for those tokens only; elsewhere the whole layer runs."""
         cos, sin = ctx.rope[self.attn.layer_type]
         if ctx.compile and ctx.fused_varlen:  # the whole layer in one compiled graph
-            block = maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget)
+            block = maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget,
+                                   ctx.cuda_graphs)
             if rows is not None and self.attn.local_window is None:
                 cu_seqlens_rows = torch.searchsorted(rows, ctx.cu_seqlens.to(rows.dtype)).to(torch.int32)
                 return block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel, rows,
@@ -789,8 +848,10 @@ class ClinicalModernBertEncoderLayer(nn.Module):
             hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel)
         else:
             # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
-            qkv = maybe_compiled(_qkv_block, ctx.compile)(self.attn_norm, self.attn, hidden_states, cos, sin)
-            hidden_states = maybe_compiled(_output_block, ctx.compile)(self, hidden_states, self.attn.attend(qkv, ctx))
+            qkv = maybe_compiled(_qkv_block, ctx.compile, cuda_graphs=ctx.cuda_graphs)(
+                self.attn_norm, self.attn, hidden_states, cos, sin)
+            hidden_states = maybe_compiled(_output_block, ctx.compile, cuda_graphs=ctx.cuda_graphs)(
+                self, hidden_states, self.attn.attend(qkv, ctx))
         return hidden_states if rows is None else hidden_states.index_select(0, rows)
 
 
@@ -950,13 +1011,19 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
         # CUDA autocast still runs the norms in fp32; the residual stream may then run in the autocast dtype.
         residual_dtype = autocast_dtype if self.config.residual_dtype == "autocast" else None
         use_compile = self._use_compile(device)
-        embed = maybe_compiled(_embedding_block, use_compile and packed.total_tokens > 0)
-        if inputs_embeds is None:
-            hidden_states = embed(self.embeddings, packed.unpad(input_ids.reshape(batch_size, seq_len)), None,
-                                  residual_dtype)
-        else:
-            hidden_states = embed(self.embeddings, None,
-                                  packed.unpad(inputs_embeds.reshape(batch_size, seq_len, -1)), residual_dtype)
+        token_ids = packed.unpad(input_ids.reshape(batch_size, seq_len)) if inputs_embeds is None else None
+        embeds = None if inputs_embeds is None else packed.unpad(inputs_embeds.reshape(batch_size, seq_len, -1))
+        cu_seqlens, max_seqlen, positions, rows = packed.cu_seqlens, packed.max_seqlen, packed.position_ids, output_rows
+        # CUDA graphs for training steps only: in inference the static shapes cost more than launches do (infer-512:
+        # -7% on an H100, BENCHMARKS.md), as `max_seqlen` rounds up to 1,024 and the batch gains a [PAD] document.
+        cuda_graphs = (use_compile and self.config.cuda_graphs and device.type == "cuda" and packed.total_tokens > 0
+                       and torch.is_grad_enabled() and not (self.gradient_checkpointing and self.training))
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the previous replay's outputs may be reused
+            token_ids, embeds, positions, cu_seqlens, max_seqlen, rows = pad_to_static_shapes(
+                token_ids, embeds, positions, cu_seqlens, max_seqlen, rows, self.config.pad_token_id or 0)
+        embed = maybe_compiled(_embedding_block, use_compile and packed.total_tokens > 0, cuda_graphs=cuda_graphs)
+        hidden_states = embed(self.embeddings, token_ids, embeds, residual_dtype)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         if packed.total_tokens == 0:  # every row is padding: nothing to attend over
             if output_rows is not None:
@@ -964,10 +1031,11 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
             return self.final_norm(hidden_states), packed, all_hidden_states
 
         ctx = AttentionContext(
-            cu_seqlens=packed.cu_seqlens,
-            max_seqlen=packed.max_seqlen,
-            rope={name: rope(packed.position_ids) for name, rope in self.rotary_emb.items()},
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max_seqlen,
+            rope={name: rope(positions) for name, rope in self.rotary_emb.items()},
             compile=use_compile,
+            cuda_graphs=cuda_graphs,
         )
         compute_dtype = autocast_dtype or hidden_states.dtype
         varlen_possible = (
@@ -992,15 +1060,20 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                       + (", compiled with each layer" if ctx.fused_varlen else ""))
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            rows = output_rows if index == last else None
+            layer_rows = rows if index == last else None
             if self.gradient_checkpointing and self.training:
                 hidden_states = self._gradient_checkpointing_func(
-                    partial(layer.__call__, ctx=ctx, rows=rows), hidden_states
+                    partial(layer.__call__, ctx=ctx, rows=layer_rows), hidden_states
                 )
             else:
-                hidden_states = layer(hidden_states, ctx, rows)
+                hidden_states = layer(hidden_states, ctx, layer_rows)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
+        if cuda_graphs:  # drop the padding; states returned must not live in memory the next replay overwrites
+            keep = packed.total_tokens if output_rows is None else output_rows.shape[0]
+            hidden_states = hidden_states[:keep]
+            if all_hidden_states is not None:
+                all_hidden_states = [states[:packed.total_tokens].clone() for states in all_hidden_states]
         return self.final_norm(hidden_states), packed, all_hidden_states
 
     def forward(

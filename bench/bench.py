@@ -116,6 +116,8 @@ MODELS: dict[str, ModelSpec] = {
                              "installed, else FA2 (flash-attn or torch)", "flash_attention_2", devices=("cuda",)),
     "ours-varlen-fa2": ModelSpec("ours", "unpadded, torch's varlen FlashAttention-2 (varlen_kernel='torch')",
                                  "flash_attention_2", {"varlen_kernel": "torch"}, devices=("cuda",)),
+    "ours-varlen-graphs": ModelSpec("ours", "ours-varlen replaying CUDA graphs (cuda_graphs=True; static shapes)",
+                                    "flash_attention_2", {"cuda_graphs": True}, devices=("cuda",)),
     "ours-sdpa": ModelSpec("ours", "unpadded MLPs, per-document padded sdpa attention", "sdpa"),
     "ours-eager": ModelSpec("ours", "unpadded MLPs, reference eager attention", "eager"),
     "transformers-sdpa": ModelSpec("transformers", "ModernBertForMaskedLM/Model, sdpa, dense MLM head (default)",
@@ -365,7 +367,7 @@ class RunSettings:
 # Config fields recorded with every result: what actually ran (missing fields are recorded as None).
 RECORDED_CONFIG_FIELDS = {
     "ours": ("attention_backend", "compile_layers", "mlm_loss_chunk_size", "residual_dtype", "sparse_prediction",
-             "num_hidden_layers"),
+             "cuda_graphs", "num_hidden_layers"),
     "transformers": ("_attn_implementation", "sparse_prediction", "num_hidden_layers"),
 }
 

@@ -431,3 +431,55 @@ def test_output_rows_return_those_final_states_and_exclude_all_hidden_states():
     torch.testing.assert_close(selected, every[rows])
     with pytest.raises(ValueError, match="output_rows selects the last layer's tokens"):
         model.forward_packed(ids, cu_seqlens=cu_seqlens, output_rows=rows, output_hidden_states=True)
+
+
+def test_pad_to_static_shapes_rounds_every_dimension_and_keeps_the_real_batch_first():
+    """config.cuda_graphs pads a packed batch to few shapes: tokens (one [PAD] document), documents (empty ones),
+    max_seqlen and output rows (the last row repeated, so they stay ascending)."""
+    from modeling_clinical_modernbert import pad_to_static_shapes
+
+    ids = torch.arange(5, 35)
+    positions = torch.cat([torch.arange(12), torch.arange(18)])
+    cu_seqlens = torch.tensor([0, 12, 30], dtype=torch.int32)
+    rows = torch.tensor([1, 11, 12, 29])
+    token_ids, embeds, position_ids, cu, max_seqlen, padded_rows = pad_to_static_shapes(
+        ids, None, positions, cu_seqlens, 18, rows, pad_token_id=0)
+    assert embeds is None and token_ids.shape == (1024,) and position_ids.shape == (1024,)
+    assert torch.equal(token_ids[:30], ids) and not token_ids[30:].any()
+    assert torch.equal(position_ids[:30], positions) and torch.equal(position_ids[30:], torch.arange(994))
+    assert cu.shape == (65,) and cu.dtype == torch.int32  # 2 documents + the [PAD] one -> 64 documents
+    assert cu[:4].tolist() == [0, 12, 30, 1024] and bool((cu[3:] == 1024).all())
+    assert max_seqlen == 1024
+    assert padded_rows.shape == (256,) and torch.equal(padded_rows[:4], rows) and bool((padded_rows[4:] == 29).all())
+
+    # Already a multiple of 1,024 tokens: no [PAD] document; no rows: the last token fills them.
+    embeds = torch.randn(1024, 8)
+    _, same, position_ids, cu, max_seqlen, padded_rows = pad_to_static_shapes(
+        None, embeds, torch.arange(1024), torch.tensor([0, 1024], dtype=torch.int32), 1024,
+        torch.zeros(0, dtype=torch.long), pad_token_id=0)
+    assert torch.equal(same, embeds) and position_ids.shape == (1024,) and max_seqlen == 1024
+    assert cu.shape == (65,) and bool((cu[1:] == 1024).all())
+    assert padded_rows.tolist() == [1023] * 256
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_a_batch_padded_to_static_shapes_gives_the_same_states_for_its_real_tokens(backend):
+    """The padded batch (a [PAD] document, empty documents, repeated rows) leaves the real tokens' states alone."""
+    from modeling_clinical_modernbert import pad_to_static_shapes
+
+    torch.manual_seed(14)
+    model = ClinicalModernBertModel(tiny_config(attention_backend=backend, max_position_embeddings=1024)).eval()
+    ids = torch.randint(5, 128, (30,))
+    cu_seqlens = torch.tensor([0, 12, 30], dtype=torch.int32)
+    positions = torch.cat([torch.arange(12), torch.arange(18)])
+    rows = torch.tensor([1, 11, 12, 29])
+    padded_ids, _, padded_positions, cu, max_seqlen, padded_rows = pad_to_static_shapes(
+        ids, None, positions, cu_seqlens, 18, rows, pad_token_id=model.config.pad_token_id)
+    with torch.no_grad():
+        every, _, _ = model.forward_packed(ids[None], cu_seqlens=cu_seqlens, max_seqlen=18)
+        padded, _, _ = model.forward_packed(padded_ids[None], position_ids=padded_positions[None], cu_seqlens=cu,
+                                            max_seqlen=max_seqlen)
+        selected, _, _ = model.forward_packed(padded_ids[None], position_ids=padded_positions[None],
+                                              cu_seqlens=cu, max_seqlen=max_seqlen, output_rows=padded_rows)
+    torch.testing.assert_close(padded[:30], every)
+    torch.testing.assert_close(selected[:4], every[rows])

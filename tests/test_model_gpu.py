@@ -231,3 +231,44 @@ def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget,
              "flash-attn-4": ("clinical_modernbert::fa4_varlen_fwd", "clinical_modernbert::fa4_varlen_bwd")}[kernel]
     calls = (ops.count(names[0]), ops.count(names[1]))
     assert calls == (config.num_hidden_layers, config.num_hidden_layers)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_cuda_graphs_train_and_infer_like_the_plain_compiled_model(kernel, monkeypatch):
+    """cuda_graphs=True (static shapes, reduce-overhead graphs) gives the plain compiled model's losses and
+    gradients, over batches of new shapes and batches that replay a recorded shape; inference keeps working."""
+    torch.manual_seed(9)
+    plain = four_layer_model(compile_layers="on", varlen_kernel=require(kernel))
+    graphs = four_layer_model(compile_layers="on", varlen_kernel=kernel, cuda_graphs=True)
+    graphs.load_state_dict(plain.state_dict())
+    batches = [packed_mlm_inputs(lengths) for lengths in ([700, 300, 65, 2], [1024, 1000], [512, 100, 3], [700, 300])]
+    for inputs in batches:
+        inputs["masked_positions"] = (inputs["labels"][0] != -100).nonzero().squeeze(1)
+    import modeling_clinical_modernbert as modeling
+
+    padded = []
+    pad = modeling.pad_to_static_shapes
+    monkeypatch.setattr(modeling, "pad_to_static_shapes", lambda *args: padded.append(args) or pad(*args))
+
+    def step(model, inputs):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs).loss
+        loss.backward()
+        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
+
+    for inputs in batches + batches[:2]:  # the last two replay graphs recorded for the first two
+        plain_loss, plain_grads = step(plain, inputs)
+        graph_loss, graph_grads = step(graphs, inputs)
+        assert abs(graph_loss - plain_loss) <= 5e-3 * abs(plain_loss)
+        for name, grad in plain_grads.items():
+            assert (graph_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+    assert len(padded) == 6  # every training step of the graphs model, none of the plain one
+    assert any(key[0] is modeling._varlen_layer_block and key[2] for key in modeling._compiled_functions)
+    plain.eval(), graphs.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        inputs = {key: batches[1][key] for key in ("input_ids", "cu_seqlens", "max_seqlen")}
+        expected = plain.model(**inputs).last_hidden_state.float()
+        first = graphs.model(**inputs).last_hidden_state.float()
+    assert first.shape == expected.shape and len(padded) == 6  # inference runs without graphs
+    assert (first - expected).norm() <= 2e-2 * expected.norm()
