@@ -135,8 +135,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
         cuda_graphs (`bool`, defaults to `False`): in training steps (gradients enabled), the compiled blocks replay
             CUDA graphs (`torch.compile`'s `mode="reduce-overhead"`), so that the GPU no longer waits for Python to
             launch some 900 kernels per step. A packed batch is padded to a few static shapes for it (tokens to a
-            multiple of 1,024 with one `[PAD]` document, documents to a multiple of 64 with empty ones, `max_seqlen`
-            to a multiple of 1,024, the MLM's masked tokens to a multiple of 256 rows); each new shape records its
+            multiple of 1,024 with one `[PAD]` document, documents to a power of two with empty ones, `max_seqlen` to
+            a multiple of 1,024, the MLM's masked tokens to a multiple of 1,024 rows); each new shape records its
             graphs once. It pays where the host is slow: on an H100 whose host took 54-74 ms to launch a 63 ms step,
             train-1024 ran at 393.6k instead of 361.8k tokens/s, in 0.2 GiB more (BENCHMARKS.md). Each forward
             starts a new graph step (`torch.compiler.cudagraph_mark_step_begin`): run one forward's backward before

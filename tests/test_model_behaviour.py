@@ -450,7 +450,7 @@ def test_pad_to_static_shapes_rounds_every_dimension_and_keeps_the_real_batch_fi
     assert cu.shape == (65,) and cu.dtype == torch.int32  # 2 documents + the [PAD] one -> 64 documents
     assert cu[:4].tolist() == [0, 12, 30, 1024] and bool((cu[3:] == 1024).all())
     assert max_seqlen == 1024
-    assert padded_rows.shape == (256,) and torch.equal(padded_rows[:4], rows) and bool((padded_rows[4:] == 29).all())
+    assert padded_rows.shape == (1024,) and torch.equal(padded_rows[:4], rows) and bool((padded_rows[4:] == 29).all())
 
     # Already a multiple of 1,024 tokens: no [PAD] document; no rows: the last token fills them.
     embeds = torch.randn(1024, 8)
@@ -459,7 +459,13 @@ def test_pad_to_static_shapes_rounds_every_dimension_and_keeps_the_real_batch_fi
         torch.zeros(0, dtype=torch.long), pad_token_id=0)
     assert torch.equal(same, embeds) and position_ids.shape == (1024,) and max_seqlen == 1024
     assert cu.shape == (65,) and bool((cu[1:] == 1024).all())
-    assert padded_rows.tolist() == [1023] * 256
+    assert padded_rows.tolist() == [1023] * 1024
+
+    # 65 documents -> 128 (powers of two keep the shapes few)
+    cu_seqlens = torch.arange(66, dtype=torch.int32) * 16
+    _, _, _, cu, _, _ = pad_to_static_shapes(torch.zeros(1040, dtype=torch.long), None, torch.zeros(1040), cu_seqlens,
+                                             16, None, pad_token_id=0)
+    assert cu.shape == (129,) and cu[65].item() == 1040 and cu[66].item() == 2048 and bool((cu[66:] == 2048).all())
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
