@@ -252,6 +252,40 @@ def test_throughput_times_training_steps_only(monkeypatch):
                                      "slowest": [[4, 3000.0], [3, 1000.0], [6, 1000.0]]}
 
 
+def test_throughput_of_a_resumed_run_counts_warm_up_from_the_resumed_step(monkeypatch):
+    """A run resumed at step 100 compiles again: its warm-up is the 2 steps after 100 (it used to wait for step 2,
+    long past, and never time anything)."""
+    from types import SimpleNamespace
+
+    import train.run as run_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(run_module.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: False)
+    trainer = SimpleNamespace(train_tokens_local=0)
+    callback = run_module.ThroughputCallback(warmup_steps=2)
+    callback.trainer = trainer
+    args, state = SimpleNamespace(world_size=1, process_index=0), SimpleNamespace(global_step=100, max_steps=106)
+    callback.on_train_begin(args, state, None)
+    for step in range(101, 107):
+        control = SimpleNamespace(should_evaluate=False, should_save=False, should_training_stop=step == 106)
+        callback.on_step_begin(args, state, control)
+        clock["now"] += 9.0 if step == 101 else 1.0
+        trainer.train_tokens_local += 1000
+        state.global_step = step
+        callback.on_step_end(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert callback.tokens_per_second == pytest.approx(4000 / 4.0)  # steps 103-106
+    assert callback.step_time_ms["steps"] == 4  # the intervals ending at steps 103-106
+
+    # Resumed with a single step left: that step is timed, nothing is left unmeasured silently.
+    callback = run_module.ThroughputCallback(warmup_steps=2)
+    callback.trainer = trainer
+    state = SimpleNamespace(global_step=105, max_steps=106)
+    callback.on_train_begin(args, state, None)
+    assert callback.open_at == 106
+
+
 @pytest.mark.parametrize("interval", [0, 3])
 def test_garbage_collection_is_frozen_and_scheduled(monkeypatch, interval):
     """Long-lived objects are frozen at the start and after the first (compiling) step; with an interval, automatic

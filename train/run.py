@@ -249,7 +249,8 @@ class MLMTrainer(Trainer):
 
 class ThroughputCallback(TrainerCallback):
     """Real tokens/s of the training steps after `warmup_steps` (compilation and allocator warm-up excluded), summed
-    over processes; this process's step times and peak accelerator memory.
+    over processes; this process's step times and peak accelerator memory. Warm-up counts from the step training
+    starts at, so a run resumed from a checkpoint (which compiles again) is timed too.
 
     Only training is timed: the clock stops before an evaluation or a checkpoint save (and the final ones) and
     restarts at the next step, so a run's eval and save time do not dilute its throughput. The device is synced
@@ -261,6 +262,7 @@ class ThroughputCallback(TrainerCallback):
 
     def __init__(self, warmup_steps: int = 5) -> None:
         self.warmup_steps = warmup_steps
+        self.open_at = warmup_steps  # the step whose end starts the clock
         self.trainer: MLMTrainer | None = None
         self.open: tuple[float, int] | None = None  # (time, tokens) where the running interval started
         self.timed_seconds = 0.0
@@ -282,15 +284,20 @@ class ThroughputCallback(TrainerCallback):
         self.timed_tokens += n1 - n0
         self.open, self.last_step_end = None, None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        remaining = getattr(state, "max_steps", 0) - state.global_step  # a resumed run may have few steps left
+        warmup = min(self.warmup_steps, max(remaining - 1, 1)) if remaining > 0 else self.warmup_steps
+        self.open_at = state.global_step + warmup
+
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.open is None and state.global_step >= self.warmup_steps > 0 and self.timed_seconds > 0:
+        if self.open is None and state.global_step >= self.open_at and self.timed_seconds > 0:
             self.open = self._mark()  # after an evaluation or a save
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         if self.open is not None and self.last_step_end is not None:
             self.step_seconds.append((state.global_step, now - self.last_step_end))
-        if state.global_step == self.warmup_steps:
+        if state.global_step == self.open_at:
             self.open = self._mark()
             self.last_step_end = self.open[0]
         elif self.open is not None:
