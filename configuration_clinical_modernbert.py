@@ -141,6 +141,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
             train-1024 ran at 393.6k instead of 361.8k tokens/s, in 0.2 GiB more (BENCHMARKS.md). Each forward
             starts a new graph step (`torch.compiler.cudagraph_mark_step_begin`): run one forward's backward before
             the next forward. CUDA only; not with gradient checkpointing; inference keeps the plain compiled path.
+            In a 150-step `python -m train` run, recording graphs for new batch shapes cost more than the replays
+            saved (BENCHMARKS.md); long runs were not measured, nor DDP. Off by default.
     """
 
     model_type = "clinical_modernbert"
