@@ -19,6 +19,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -219,18 +220,22 @@ def test_init_from_native_modernbert_loads_every_weight(tmp_path, tiny_tokenizer
         assert torch.equal(ours[name], tensor), name
 
 
-def test_throughput_times_training_steps_only(monkeypatch):
-    """Evaluation and checkpoint time is not training time: the clock stops before them and restarts after."""
-    from types import SimpleNamespace
-
+def timed_throughput_callback(monkeypatch, warmup_steps: int):
+    """A ThroughputCallback on a fake clock (`clock["now"]`, seconds) and a fake trainer counting tokens."""
     import train.run as run_module
 
     clock = {"now": 0.0}
     monkeypatch.setattr(run_module.time, "perf_counter", lambda: clock["now"])
     monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: False)
     trainer = SimpleNamespace(train_tokens_local=0)
-    callback = run_module.ThroughputCallback(warmup_steps=2)
+    callback = run_module.ThroughputCallback(warmup_steps=warmup_steps)
     callback.trainer = trainer
+    return callback, clock, trainer
+
+
+def test_throughput_times_training_steps_only(monkeypatch):
+    """Evaluation and checkpoint time is not training time: the clock stops before them and restarts after."""
+    callback, clock, trainer = timed_throughput_callback(monkeypatch, warmup_steps=2)
     args, state = SimpleNamespace(world_size=2, process_index=0), SimpleNamespace(global_step=0)
     step_seconds = {1: 9.0, 2: 1.0, 3: 1.0, 4: 3.0, 5: 1.0, 6: 1.0}  # step 1: compilation; step 4: a stall
     evaluate_after = {4}
@@ -255,16 +260,7 @@ def test_throughput_times_training_steps_only(monkeypatch):
 def test_throughput_of_a_resumed_run_counts_warm_up_from_the_resumed_step(monkeypatch):
     """A run resumed at step 100 compiles again: its warm-up is the 2 steps after 100 (it used to wait for step 2,
     long past, and never time anything)."""
-    from types import SimpleNamespace
-
-    import train.run as run_module
-
-    clock = {"now": 0.0}
-    monkeypatch.setattr(run_module.time, "perf_counter", lambda: clock["now"])
-    monkeypatch.setattr(run_module.torch.cuda, "is_available", lambda: False)
-    trainer = SimpleNamespace(train_tokens_local=0)
-    callback = run_module.ThroughputCallback(warmup_steps=2)
-    callback.trainer = trainer
+    callback, clock, trainer = timed_throughput_callback(monkeypatch, warmup_steps=2)
     args, state = SimpleNamespace(world_size=1, process_index=0), SimpleNamespace(global_step=100, max_steps=106)
     callback.on_train_begin(args, state, None)
     for step in range(101, 107):
@@ -279,10 +275,8 @@ def test_throughput_of_a_resumed_run_counts_warm_up_from_the_resumed_step(monkey
     assert callback.step_time_ms["steps"] == 4  # the intervals ending at steps 103-106
 
     # Resumed with a single step left: that step is timed, nothing is left unmeasured silently.
-    callback = run_module.ThroughputCallback(warmup_steps=2)
-    callback.trainer = trainer
-    state = SimpleNamespace(global_step=105, max_steps=106)
-    callback.on_train_begin(args, state, None)
+    callback, _, _ = timed_throughput_callback(monkeypatch, warmup_steps=2)
+    callback.on_train_begin(args, SimpleNamespace(global_step=105, max_steps=106), None)
     assert callback.open_at == 106
 
 

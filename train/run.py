@@ -674,8 +674,9 @@ def run(cfg: TrainConfig) -> RunResult:
         compute_metrics=compute_mlm_metrics,
         callbacks=[schedule],
     )
-    # Skip compilation, autotuning and allocator warm-up: the first tenth of the run, at least 10 steps.
-    throughput = ThroughputCallback(warmup_steps=min(max(10, cfg.max_steps // 10), cfg.max_steps - 1))
+    # Skip compilation, autotuning and allocator warm-up: the first tenth of the run, at least 10 steps (fewer when
+    # the run is shorter: see `ThroughputCallback.on_train_begin`).
+    throughput = ThroughputCallback(warmup_steps=max(10, cfg.max_steps // 10))
     throughput.trainer = trainer
     trainer.add_callback(throughput)
     trainer.add_callback(GarbageCollectionCallback(cfg.gc_interval))
