@@ -128,10 +128,10 @@ class ClinicalModernBertConfig(PretrainedConfig):
             norms still compute in fp32 on CUDA (autocast's policy), and saved activations are half the size.
             `"float32"` keeps it in fp32, as transformers' ModernBERT does under autocast. Without autocast the
             stream has the weights' dtype either way.
-        activation_memory_budget (`float`, defaults to 0.8): the share of activations that compiled layers keep for
+        activation_memory_budget (`float`, defaults to 1.0): the share of activations that compiled layers keep for
             backward (torch's `activation_memory_budget`); lower recomputes more in backward, trading speed for
-            memory. On an H200, base at 1,024 tokens: 1.0 -> 14.7 GiB, 0.8 -> 11.8 GiB at 1.6% less throughput,
-            0.5 -> 8.7 GiB at 14% less (BENCHMARKS.md). Applies to the compiled varlen layers (CUDA).
+            memory. On an H100, base at 1,024 tokens (`cuda_graphs`): 1.0 -> 12.7 GiB, 0.8 -> 9.9 GiB at 2.5% less
+            throughput (BENCHMARKS.md). Applies to the compiled varlen layers (CUDA).
         cuda_graphs (`bool`, defaults to `False`): in training steps (gradients enabled), the compiled blocks replay
             CUDA graphs (`torch.compile`'s `mode="reduce-overhead"`), so that the GPU no longer waits for Python to
             launch some 900 kernels per step. A packed batch is padded to a few static shapes for it (tokens to a
@@ -190,7 +190,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         compile_layers: str = "auto",
         mlm_loss_chunk_size: int = 2048,
         residual_dtype: str = "autocast",
-        activation_memory_budget: float = 0.8,
+        activation_memory_budget: float = 1.0,
         cuda_graphs: bool = False,
         tie_word_embeddings: bool = True,
         **kwargs: Any,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -335,6 +337,57 @@ def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
     attention_backward = torch.ops.torch_attn._varlen_attn_backward.default
     assert calls("forward", attention) == 1 and calls("backward", attention_backward) == 1
     assert calls("backward", attention) == (0 if keep else 1)
+
+
+def test_training_layer_does_not_save_the_whole_qkv_projection():
+    """The attention op saves v for backward. As a view of the Wqkv output, v kept that whole output alive (the
+    unrotated q and k too, 2/3 of it dead); the layer copies v out in training. Traced on CPU like the test above:
+    no tensor the forward graph saves for backward may be a view of the (tokens, 3 x hidden) projection."""
+    pytest.importorskip("torch.nn.attention.varlen")
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    import modeling_clinical_modernbert as modeling
+
+    graphs: dict[str, torch.fx.GraphModule] = {}
+
+    def capture(kind):
+        def compiler(graph, example_inputs):
+            graphs[kind] = graph
+            return graph.forward
+        return compiler
+
+    backend = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"),
+                           partition_fn=min_cut_rematerialization_partition)
+    config = tiny_config(hidden_size=256, intermediate_size=384, num_attention_heads=4, num_hidden_layers=2,
+                         local_attention=128, max_position_embeddings=1024)
+    layer = ClinicalModernBertForMaskedLM(config).model.layers[1]
+    tokens, head_dim = 2048, 64
+    hidden = torch.randn(tokens, 256, requires_grad=True)
+    cos, sin = torch.randn(tokens, 1, head_dim), torch.randn(tokens, 1, head_dim)
+    cu_seqlens = torch.tensor([0, 900, 1500, 1900, 2048], dtype=torch.int32)
+    compiled = torch.compile(modeling._varlen_layer_block, backend=backend, dynamic=True)
+    with pytest.raises(NotImplementedError, match="flash_attention_forward"):
+        compiled(layer, hidden, cos, sin, cu_seqlens, 900, "torch")  # graphs made, then the CUDA-only kernel refuses
+
+    views = {torch.ops.aten.view.default, torch.ops.aten.unbind.int, torch.ops.aten.select.int,
+             torch.ops.aten.slice.Tensor, torch.ops.aten._unsafe_view.default, torch.ops.aten.permute.default,
+             torch.ops.aten.reshape.default, operator.getitem}
+
+    def base(node):  # the node whose storage `node` views
+        while node.op == "call_function" and node.target in views:
+            node = node.args[0]
+        return node
+
+    forward = graphs["forward"]
+    projections = [node for node in forward.graph.nodes if node.op == "call_function"
+                   and node.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+                   and node.meta["val"].shape[-1] == 3 * 256]
+    assert len(projections) == 1  # Wqkv
+    saved = [arg for arg in forward.graph.output_node().args[0] if isinstance(arg, torch.fx.Node)]
+    attention = next(node for node in forward.graph.nodes if node.target is torch.ops.torch_attn._varlen_attn.default)
+    assert base(attention.args[2]) is not projections[0]  # v
+    assert all(base(node) is not projections[0] for node in saved), [node.name for node in saved]
 
 
 @pytest.mark.parametrize("ours", [True, False])
