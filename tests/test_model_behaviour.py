@@ -294,11 +294,10 @@ def test_compile_auto_only_on_cuda():
     assert model._use_compile(cpu)
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
-    """The compiled layer's backward graph, as torch's partitioner makes it at activation_memory_budget=0.8: it
-    must not run the attention forward again. Traced on CPU (dynamo + AOT autograd with the partitioner inductor
-    uses, graphs captured, never run); without our pass the planner does recompute it (the control case)."""
+def trace_varlen_layer(**functorch_settings) -> dict[str, torch.fx.GraphModule]:
+    """The forward and backward graphs torch's partitioner (the one inductor uses) makes for a compiled varlen layer
+    in training, under these `torch._functorch.config` settings. Traced on CPU with torch's FA2 op: the graphs are
+    captured, never run, and the CUDA-only kernel then refuses."""
     pytest.importorskip("torch.nn.attention.varlen")
     import torch._functorch.config as functorch_config
     from torch._dynamo.backends.common import aot_autograd
@@ -323,12 +322,23 @@ def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
     hidden = torch.randn(tokens, 256, requires_grad=True)
     cos, sin = torch.randn(tokens, 1, head_dim), torch.randn(tokens, 1, head_dim)
     cu_seqlens = torch.tensor([0, 900, 1500, 1900, 2048], dtype=torch.int32)
+    compiled = torch.compile(modeling._varlen_layer_block, backend=backend, dynamic=True)
+    with functorch_config.patch(**functorch_settings), pytest.raises(NotImplementedError,
+                                                                      match="flash_attention_forward"):
+        compiled(layer, hidden, cos, sin, cu_seqlens, 900, "torch")
+    return graphs
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
+    """The compiled layer's backward graph at activation_memory_budget=0.8 must not run the attention forward
+    again; without our pass the planner does recompute it (the control case)."""
+    import modeling_clinical_modernbert as modeling
+
     settings = {"activation_memory_budget": 0.8}
     if keep:
         settings["joint_custom_pass"] = modeling._keep_attention_outputs
-    compiled = torch.compile(modeling._varlen_layer_block, backend=backend, dynamic=True)
-    with functorch_config.patch(**settings), pytest.raises(NotImplementedError, match="flash_attention_forward"):
-        compiled(layer, hidden, cos, sin, cu_seqlens, 900, "torch")  # graphs made, then the CUDA-only kernel refuses
+    graphs = trace_varlen_layer(**settings)
 
     def calls(kind, op):
         return sum(node.target is op for node in graphs[kind].graph.nodes)
@@ -341,35 +351,9 @@ def test_backward_does_not_recompute_attention_under_a_memory_budget(keep):
 
 def test_training_layer_does_not_save_the_whole_qkv_projection():
     """The attention op saves v for backward. As a view of the Wqkv output, v kept that whole output alive (the
-    unrotated q and k too, 2/3 of it dead); the layer copies v out in training. Traced on CPU like the test above:
-    no tensor the forward graph saves for backward may be a view of the (tokens, 3 x hidden) projection."""
-    pytest.importorskip("torch.nn.attention.varlen")
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-
-    import modeling_clinical_modernbert as modeling
-
-    graphs: dict[str, torch.fx.GraphModule] = {}
-
-    def capture(kind):
-        def compiler(graph, example_inputs):
-            graphs[kind] = graph
-            return graph.forward
-        return compiler
-
-    backend = aot_autograd(fw_compiler=capture("forward"), bw_compiler=capture("backward"),
-                           partition_fn=min_cut_rematerialization_partition)
-    config = tiny_config(hidden_size=256, intermediate_size=384, num_attention_heads=4, num_hidden_layers=2,
-                         local_attention=128, max_position_embeddings=1024)
-    layer = ClinicalModernBertForMaskedLM(config).model.layers[1]
-    tokens, head_dim = 2048, 64
-    hidden = torch.randn(tokens, 256, requires_grad=True)
-    cos, sin = torch.randn(tokens, 1, head_dim), torch.randn(tokens, 1, head_dim)
-    cu_seqlens = torch.tensor([0, 900, 1500, 1900, 2048], dtype=torch.int32)
-    compiled = torch.compile(modeling._varlen_layer_block, backend=backend, dynamic=True)
-    with pytest.raises(NotImplementedError, match="flash_attention_forward"):
-        compiled(layer, hidden, cos, sin, cu_seqlens, 900, "torch")  # graphs made, then the CUDA-only kernel refuses
-
+    unrotated q and k too, 2/3 of it dead); the layer copies v out in training. With the default settings, no
+    tensor the forward graph saves for backward may be a view of the (tokens, 3 x hidden) projection."""
+    graphs = trace_varlen_layer()
     views = {torch.ops.aten.view.default, torch.ops.aten.unbind.int, torch.ops.aten.select.int,
              torch.ops.aten.slice.Tensor, torch.ops.aten._unsafe_view.default, torch.ops.aten.permute.default,
              torch.ops.aten.reshape.default, operator.getitem}
