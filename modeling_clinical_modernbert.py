@@ -70,9 +70,16 @@ if _flash_attn_spec is not None and _flash_attn_spec.origin not in (None, "names
     except Exception as error:  # a broken flash_attn build must not break the model
         logger.warning(f"flash_attn is installed but failed to import ({error}); using torch kernels instead")
 
+try:  # ships with torch's CUDA builds: the two training kernels below; without it, torch code does the same
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
 _FLASH_ATTN_4_ARGS = {
     "_flash_attn_fwd": ("cu_seqlens_q", "max_seqlen_q", "softmax_scale", "window_size_left", "return_lse"),
-    "_flash_attn_bwd": ("cu_seqlens_q", "max_seqlen_q", "softmax_scale", "window_size_left", "deterministic"),
+    "_flash_attn_bwd": ("cu_seqlens_q", "max_seqlen_q", "softmax_scale", "window_size_left", "deterministic",
+                        "dq", "dk", "dv"),
 }
 _flash_attn_4_state: bool | None = None  # None: not tried yet
 
@@ -171,6 +178,64 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
 
     forward_op.register_autograd(autograd_backward, setup_context=setup_context)
 
+    # RoPE inside the op, for training. Its backward has FA4 write dq, dk and dv into one `(total, 3, heads,
+    # head_dim)` buffer and turns dq and dk into gradients of the unrotated projection in place: that buffer is the
+    # Wqkv output's gradient as it stands. RoPE outside the op made that gradient with one more pass, which stacked
+    # three tensors and ran at 60% of memory bandwidth (130 against about 55 us per layer at train-1024).
+    def rotary_forward(qkv, cos, sin, cu_seqlens, max_seqlen, scale, window_left, window_right, deterministic):
+        rotated = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        rotate_qk(qkv, cos, sin, rotated)
+        q, k, v = rotated.unbind(1)
+        out, lse = forward(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale, window_left,
+                           window_right, deterministic)
+        return out.contiguous(), lse, rotated
+
+    def rotary_backward(grad_out, rotated, out, lse, cos, sin, cu_seqlens, max_seqlen, scale, window_left,
+                        window_right, deterministic):
+        grad_qkv = torch.empty_like(rotated)
+        dq, dk, dv = grad_qkv.unbind(1)
+        q, k, v = rotated.unbind(1)
+        interface._flash_attn_bwd(
+            q, k, v, out, grad_out, lse, softmax_scale=scale, causal=False, window_size_left=window(window_left),
+            window_size_right=window(window_right), cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, deterministic=deterministic, dq=dq, dk=dk, dv=dv,
+        )
+        rotate_qk(grad_qkv, cos, sin, grad_qkv, inverse=True)
+        return grad_qkv
+
+    settings = ("Tensor cu_seqlens, SymInt max_seqlen, float scale, int window_left, int window_right, "
+                "bool deterministic")
+    rotary_forward_op = torch.library.custom_op(
+        f"{namespace}::fa4_rotary_varlen_fwd", rotary_forward, mutates_args=(),
+        schema=f"(Tensor qkv, Tensor cos, Tensor sin, {settings}) -> (Tensor, Tensor, Tensor)",
+    )
+    rotary_backward_op = torch.library.custom_op(
+        f"{namespace}::fa4_rotary_varlen_bwd", rotary_backward, mutates_args=(),
+        schema=f"(Tensor grad_out, Tensor rotated, Tensor out, Tensor lse, Tensor cos, Tensor sin, {settings}) "
+               "-> Tensor",
+    )
+
+    @rotary_forward_op.register_fake
+    def _(qkv, *args):
+        total, _, heads, head_dim = qkv.shape
+        return (qkv.new_empty((total, heads, head_dim)), qkv.new_empty((heads, total), dtype=torch.float32),
+                torch.empty_like(qkv, memory_format=torch.contiguous_format))
+
+    @rotary_backward_op.register_fake
+    def _(grad_out, rotated, *args):
+        return torch.empty_like(rotated)
+
+    def rotary_setup_context(ctx, inputs, output):
+        qkv, cos, sin, cu_seqlens, *ctx.arguments = inputs
+        ctx.save_for_backward(output[2], output[0], output[1], cos, sin, cu_seqlens)
+
+    def rotary_autograd_backward(ctx, grad_out, grad_lse, grad_rotated):
+        rotated, out, lse, cos, sin, cu_seqlens = ctx.saved_tensors
+        grad_qkv = rotary_backward_op(grad_out.contiguous(), rotated, out, lse, cos, sin, cu_seqlens, *ctx.arguments)
+        return grad_qkv, *([None] * 8)
+
+    rotary_forward_op.register_autograd(rotary_autograd_backward, setup_context=rotary_setup_context)
+
 
 _logged_once: set[str] = set()
 
@@ -205,7 +270,8 @@ def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> t
 
     ops = {torch.ops.torch_attn._varlen_attn.default}
     if _flash_attn_4_state:
-        ops.add(torch.ops.clinical_modernbert.fa4_varlen_fwd.default)
+        ops |= {torch.ops.clinical_modernbert.fa4_varlen_fwd.default,
+                torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd.default}
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in ops:
             node.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # banned from recomputation: its outputs are saved
@@ -639,6 +705,152 @@ def resolve_varlen_kernel(requested: str, device: torch.device, head_dim: int, t
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Two Triton kernels for training on GPUs (torch code computes the same everywhere else)
+# --------------------------------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _rotary_kernel(src_ptr, dst_ptr, cos_ptr, sin_ptr, total, src_stride, dst_stride, trig_stride,
+                       HEADS: tl.constexpr, QK_P2: tl.constexpr, V_P2: tl.constexpr, HALF: tl.constexpr,
+                       INVERSE: tl.constexpr, COPY_V: tl.constexpr, BLOCK: tl.constexpr):
+        """BLOCK tokens of `(total, 3, HEADS, 2 * HALF)` rows: every q and k head rotated (INVERSE: by the
+        transpose) with the token's cos/sin loaded once, and v copied (COPY_V). `dst` may be `src`: each element
+        is read, then written, by the same thread."""
+        tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = tokens < total
+        rows = tokens.to(tl.int64)
+        rows3 = rows[:, None, None]
+        head = tl.arange(0, QK_P2)[None, :, None]  # q heads, then k heads (padded to a power of two)
+        half = tl.arange(0, HALF)[None, None, :]
+        mask = valid[:, None, None] & (head < 2 * HEADS) & (half < HALF)
+        offset = head * (2 * HALF) + half
+        src = src_ptr + rows3 * src_stride + offset
+        a = tl.load(src, mask=mask).to(tl.float32)
+        b = tl.load(src + HALF, mask=mask).to(tl.float32)
+        trig = rows3 * trig_stride + half
+        trig_mask = valid[:, None, None] & (half < HALF)
+        cos1 = tl.load(cos_ptr + trig, mask=trig_mask).to(tl.float32)
+        cos2 = tl.load(cos_ptr + trig + HALF, mask=trig_mask).to(tl.float32)
+        sin1 = tl.load(sin_ptr + trig, mask=trig_mask).to(tl.float32)
+        sin2 = tl.load(sin_ptr + trig + HALF, mask=trig_mask).to(tl.float32)
+        if INVERSE:
+            y1 = a * cos1 + b * sin2
+            y2 = b * cos2 - a * sin1
+        else:
+            y1 = a * cos1 - b * sin1
+            y2 = b * cos2 + a * sin2
+        dst = dst_ptr + rows3 * dst_stride + offset
+        tl.store(dst, y1.to(dst_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst + HALF, y2.to(dst_ptr.dtype.element_ty), mask=mask)
+        if COPY_V:
+            column = tl.arange(0, V_P2)[None, :]
+            v_mask = valid[:, None] & (column < HEADS * 2 * HALF)
+            v_offset = 2 * HEADS * 2 * HALF + column
+            v = tl.load(src_ptr + rows[:, None] * src_stride + v_offset, mask=v_mask)
+            tl.store(dst_ptr + rows[:, None] * dst_stride + v_offset, v, mask=v_mask)
+
+    @triton.jit
+    def _cross_entropy_kernel(logits_ptr, labels_ptr, loss_ptr, rows, columns, row_stride, BLOCK: tl.constexpr):
+        """Per row: the log-sum-exp (online), the loss, then `softmax - onehot` written over the logits."""
+        for row in range(tl.program_id(0), rows, tl.num_programs(0)):
+            row_ptr = logits_ptr + tl.cast(row, tl.int64) * row_stride
+            running_max = tl.full([BLOCK], -1e30, tl.float32)
+            running_sum = tl.zeros([BLOCK], tl.float32)
+            for start in range(0, columns, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                x = tl.load(row_ptr + cols, mask=cols < columns, other=float("-inf")).to(tl.float32)
+                new_max = tl.maximum(running_max, x)
+                running_sum = running_sum * tl.exp(running_max - new_max) + tl.exp(x - new_max)
+                running_max = new_max
+            top = tl.max(running_max, 0)
+            lse = top + tl.log(tl.sum(running_sum * tl.exp(running_max - top), 0))
+            label = tl.load(labels_ptr + row)
+            in_range = (label >= 0) & (label < columns)  # anything else: a NaN loss, never a stray read
+            picked = tl.load(row_ptr + label, mask=in_range, other=float("nan")).to(tl.float32)
+            tl.store(loss_ptr + row, lse - picked)
+            for start in range(0, columns, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                mask = cols < columns
+                x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+                grad = tl.exp(x - lse) - (cols == label).to(tl.float32)
+                tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+_triton_failed: set[str] = set()
+
+
+def _launch_triton(name: str, launch) -> bool:
+    """Run a Triton kernel launch; if it fails to compile (an unsupported GPU or Triton), log once, return False,
+    and never try that kernel again, so that the torch code takes over: a fast path must not break the model."""
+    if name in _triton_failed:
+        return False
+    try:
+        launch()
+    except Exception as error:
+        _triton_failed.add(name)
+        logger.warning(f"Triton kernel {name} failed ({type(error).__name__}: {error}); using torch code instead")
+        return False
+    return True
+
+
+def _rows_of_heads(x: torch.Tensor) -> bool:
+    """`(total, parts, heads, head_dim)` whose heads of every part follow each other within each token."""
+    heads, head_dim = x.shape[2:]
+    return x.stride(3) == 1 and x.stride(2) == head_dim and x.stride(1) == heads * head_dim
+
+
+def rotate_qk(src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dst: torch.Tensor,
+              inverse: bool = False) -> None:
+    """`dst` = `(total, 3, heads, head_dim)` `src` with RoPE applied to its q and k parts (`dst` may be `src`).
+
+    `inverse=True` applies the transpose, which turns gradients of rotated q and k into gradients of unrotated ones.
+    `cos`, `sin`: `(total, 1, head_dim)`. The arithmetic is `apply_rotary`'s, in fp32. One Triton kernel on CUDA,
+    which reads and writes each element once; torch code elsewhere.
+    """
+    total, _, heads, head_dim = src.shape
+    if (triton is not None and src.is_cuda and _rows_of_heads(src) and _rows_of_heads(dst) and head_dim % 2 == 0
+            and (head_dim // 2) & (head_dim // 2 - 1) == 0 and cos.stride(-1) == 1 and sin.stride() == cos.stride()):
+        # Two tokens per program: 81 us forward and 58 us inverse at 24,576 base-model tokens on an H100, against
+        # 101 and 70 us for a program per head, which loaded each token's cos/sin once per head.
+        block = 2
+        if _launch_triton("rotary", lambda: _rotary_kernel[(triton.cdiv(total, block),)](
+            src, dst, cos, sin, total, src.stride(0), dst.stride(0), cos.stride(0), HEADS=heads,
+            QK_P2=triton.next_power_of_2(2 * heads), V_P2=triton.next_power_of_2(heads * head_dim),
+            HALF=head_dim // 2, INVERSE=inverse, COPY_V=dst.data_ptr() != src.data_ptr(), BLOCK=block, num_warps=4,
+        )):
+            return
+    x1, x2 = src[:, :2].float().chunk(2, dim=-1)
+    cos1, cos2 = cos[:, None].float().chunk(2, dim=-1)
+    sin1, sin2 = sin[:, None].float().chunk(2, dim=-1)
+    if inverse:
+        rotated = torch.cat((x1 * cos1 + x2 * sin2, x2 * cos2 - x1 * sin1), dim=-1)
+    else:
+        rotated = torch.cat((x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2), dim=-1)
+    if dst.data_ptr() != src.data_ptr():
+        dst[:, 2] = src[:, 2]
+    dst[:, :2] = rotated.to(dst.dtype)
+
+
+def cross_entropy_and_grad_(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """Summed cross-entropy of `(n, vocab)` CUDA logits; their gradient `softmax - onehot` replaces them, in place
+    (None, logits untouched, where the kernel cannot run).
+
+    One Triton kernel per chunk of the MLM loss: 229 us for 2,048 x 50,368 bf16 logits on an H100, against 391 us
+    for inductor's kernel of `_cross_entropy_and_grad` (`bench/results/2026-11-26i-h100/`). A few rows per SM at a
+    time keep a row in L2 between its two passes, so the logits are read from memory once.
+    """
+    rows, columns = logits.shape
+    losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    programs = max(1, min(rows, 2 * torch.cuda.get_device_properties(logits.device).multi_processor_count))
+    labels = labels.contiguous()
+    if not _launch_triton("cross_entropy", lambda: _cross_entropy_kernel[(programs,)](
+            logits, labels, losses, rows, columns, logits.stride(0), BLOCK=8192, num_warps=16)):
+        return None
+    return losses.sum()
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Modules (names match transformers' ModernBERT)
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -798,6 +1010,11 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     # Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
     # slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
     qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
+    if kernel == "flash-attn-4" and rows is None and torch.is_grad_enabled():  # RoPE inside the op (see there)
+        out = torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd(
+            qkv, cos, sin, cu_seqlens, max_seqlen, attn.scale, *attn.window_size, attn.deterministic)[0]
+        hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
+        return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
     q, k, v = qkv.unbind(1)
     if torch.is_grad_enabled():
         # The attention op saves v for backward. As a view, v would keep the whole Wqkv output alive, unrotated q
@@ -1207,9 +1424,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             compiled = maybe_compiled(_cross_entropy_and_grad, compile_supported(hidden.device))
             for start in range(0, h.shape[0], chunk):
                 h_chunk = h[start : start + chunk]
-                # A one-row chunk would make dynamo specialise on size 1 and recompile: run it eagerly.
-                ce = compiled if h_chunk.shape[0] > 1 else _cross_entropy_and_grad
-                chunk_loss, grad_logits = ce(F.linear(h_chunk, w, b), labels[start : start + chunk])
+                logits = F.linear(h_chunk, w, b)
+                chunk_loss = None
+                if triton is not None and logits.is_cuda and logits.stride(1) == 1:
+                    grad_logits = logits
+                    chunk_loss = cross_entropy_and_grad_(grad_logits, labels[start : start + chunk])
+                if chunk_loss is None:
+                    # A one-row chunk would make dynamo specialise on size 1 and recompile: run it eagerly.
+                    ce = compiled if h_chunk.shape[0] > 1 else _cross_entropy_and_grad
+                    chunk_loss, grad_logits = ce(logits, labels[start : start + chunk])
                 loss += chunk_loss
                 if grad_hidden is not None:
                     torch.mm(grad_logits, w, out=grad_hidden[start : start + chunk])

@@ -227,9 +227,11 @@ def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget,
         step()
         torch.cuda.synchronize()
     ops = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CPU]
-    names = {"torch": ("aten::_flash_attention_forward", "aten::_flash_attention_backward"),
-             "flash-attn-4": ("clinical_modernbert::fa4_varlen_fwd", "clinical_modernbert::fa4_varlen_bwd")}[kernel]
-    calls = (ops.count(names[0]), ops.count(names[1]))
+    names = {"torch": [("aten::_flash_attention_forward", "aten::_flash_attention_backward")],
+             "flash-attn-4": [("clinical_modernbert::fa4_varlen_fwd", "clinical_modernbert::fa4_varlen_bwd"),
+                              ("clinical_modernbert::fa4_rotary_varlen_fwd",
+                               "clinical_modernbert::fa4_rotary_varlen_bwd")]}[kernel]
+    calls = tuple(sum(ops.count(pair[direction]) for pair in names) for direction in (0, 1))
     assert calls == (config.num_hidden_layers, config.num_hidden_layers)
 
 
@@ -272,3 +274,44 @@ def test_cuda_graphs_train_and_infer_like_the_plain_compiled_model(kernel, monke
         first = graphs.model(**inputs).last_hidden_state.float()
     assert first.shape == expected.shape and len(padded) == 6  # inference runs without graphs
     assert (first - expected).norm() <= 2e-2 * expected.norm()
+
+
+def test_triton_rotary_kernel_matches_the_torch_code():
+    """`rotate_qk`'s Triton kernel against its torch code (run on CPU copies), forward and in-place inverse."""
+    import modeling_clinical_modernbert as modeling
+
+    if modeling.triton is None:
+        pytest.skip("no Triton")
+    torch.manual_seed(11)
+    qkv = torch.randn(1000, 3, 12, 64, device="cuda", dtype=torch.bfloat16)
+    cos, sin = modeling.ClinicalModernBertRotaryEmbedding(64, 160000.0).cuda()(torch.arange(1000, device="cuda") % 300)
+    for inverse in (False, True):
+        out, expected = torch.zeros_like(qkv), torch.zeros_like(qkv).cpu()
+        modeling.rotate_qk(qkv, cos, sin, out, inverse=inverse)
+        modeling.rotate_qk(qkv.cpu(), cos.cpu(), sin.cpu(), expected, inverse=inverse)
+        assert (out.cpu().float() - expected.float()).abs().max() <= 1e-2  # a bf16 rounding at most
+        assert torch.equal(out[:, 2], qkv[:, 2])
+        in_place = qkv.clone()
+        modeling.rotate_qk(in_place, cos, sin, in_place, inverse=inverse)
+        assert torch.equal(in_place[:, :2], out[:, :2]) and torch.equal(in_place[:, 2], qkv[:, 2])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(700, 50368), (3, 1000), (1, 8193)])
+def test_triton_cross_entropy_kernel_matches_torch(shape, dtype):
+    """The MLM loss's in-place cross-entropy kernel against torch's cross-entropy and its autograd gradient."""
+    import modeling_clinical_modernbert as modeling
+
+    if modeling.triton is None:
+        pytest.skip("no Triton")
+    torch.manual_seed(12)
+    logits = (torch.randn(shape, device="cuda") * 4).to(dtype)
+    labels = torch.randint(0, shape[1], (shape[0],), device="cuda")
+    reference = logits.float().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(reference, labels, reduction="sum")
+    expected.backward()
+    work = logits.clone()
+    loss = modeling.cross_entropy_and_grad_(work, labels)
+    assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) <= 1e-4 * abs(expected.item())
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    assert (work.float() - reference.grad).abs().max() <= tolerance

@@ -80,11 +80,13 @@ class ReferenceFlashAttn4:
 
     def _flash_attn_bwd(self, q, k, v, out, dout, lse, softmax_scale=None, causal=False, window_size_left=None,
                         window_size_right=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                        max_seqlen_k=None, deterministic=False):
+                        max_seqlen_k=None, deterministic=False, dq=None, dk=None, dv=None):
         assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == torch.float32
         self.calls.append(("bwd", max_seqlen_q, window_size_left, window_size_right, deterministic))
-        return self.gradients(q, k, v, out, dout, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_size_left,
-                              window_size_right)
+        grads = self.gradients(q, k, v, out, dout, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_size_left,
+                               window_size_right)
+        # like the package: caller-provided outputs (any aligned strides) are written and returned
+        return tuple(grad if given is None else given.copy_(grad) for grad, given in zip(grads, (dq, dk, dv)))
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +153,57 @@ def test_flash_attn_4_op_with_a_subset_of_queries(reference_op):
         assert torch.allclose(grad, expected_grad, atol=1e-5)
 
 
+def rope_tables(positions: list[int], head_dim: int = 8):
+    cos, sin = modeling.ClinicalModernBertRotaryEmbedding(head_dim, base=10000.0)(torch.tensor(positions))
+    return cos, sin  # (total, 1, head_dim) each
+
+
+def test_rotate_qk_is_apply_rotary_and_its_inverse_is_the_transpose():
+    """`rotate_qk` rotates the q and k parts of a packed qkv like `apply_rotary`; `inverse=True` is the transpose
+    (what turns gradients of rotated q and k into gradients of the projection), in place or not, for any tables."""
+    generator = torch.Generator().manual_seed(5)
+    qkv = torch.randn(7, 3, 2, 8, generator=generator)
+    cos, sin = rope_tables([0, 1, 2, 3, 0, 1, 2])
+    rotated = torch.zeros_like(qkv)
+    modeling.rotate_qk(qkv, cos, sin, rotated)
+    for part in (0, 1):
+        assert torch.allclose(rotated[:, part], modeling.apply_rotary(qkv[:, part], cos, sin), atol=1e-6)
+    assert torch.equal(rotated[:, 2], qkv[:, 2])  # v copied
+    # <R x, g> == <x, R^T g>, with tables whose halves differ (the model's repeat theirs)
+    cos, sin = torch.randn(7, 1, 8, generator=generator), torch.randn(7, 1, 8, generator=generator)
+    grad = torch.randn(7, 3, 2, 8, generator=generator)
+    forward, backward = torch.zeros_like(qkv), grad.clone()
+    modeling.rotate_qk(qkv, cos, sin, forward)
+    modeling.rotate_qk(backward, cos, sin, backward, inverse=True)  # in place
+    assert torch.allclose((forward[:, :2] * grad[:, :2]).sum(), (qkv[:, :2] * backward[:, :2]).sum(), rtol=1e-5)
+    assert torch.equal(backward[:, 2], grad[:, 2])
+
+
+def packed_qkv(seed: int):
+    q, k, v, cu_seqlens, longest = packed_inputs(seed)
+    qkv = torch.stack((q, k, v), dim=1).detach().requires_grad_()
+    positions = [p for n in cu_seqlens.diff().tolist() for p in range(n)]
+    return qkv, *rope_tables(positions), cu_seqlens, longest
+
+
+@pytest.mark.parametrize("window", [4, -1], ids=["local", "global"])
+def test_flash_attn_4_rotary_op_is_rope_then_attention(reference_op, window):
+    """The training op (RoPE inside, gradients written into one qkv buffer) against RoPE by `apply_rotary` and
+    dense attention, forward and backward."""
+    qkv, cos, sin, cu_seqlens, longest = packed_qkv(seed=6)
+    op = getattr(torch.ops, NAMESPACE).fa4_rotary_varlen_fwd
+    out, lse, rotated = op(qkv, cos, sin, cu_seqlens, longest, 8**-0.5, window, window, False)
+    q, k, v = qkv.unbind(1)
+    q, k = modeling.apply_rotary(q, cos, sin), modeling.apply_rotary(k, cos, sin)
+    expected = dense_attention(q, k, v, cu_seqlens, window)
+    grad_out = torch.randn_like(expected)
+    assert torch.allclose(rotated, torch.stack((q, k, v), dim=1), atol=1e-6)
+    assert torch.allclose(out, expected, atol=1e-5) and lse.shape == (2, qkv.shape[0])
+    (grad,) = torch.autograd.grad(out, qkv, grad_out)
+    (expected_grad,) = torch.autograd.grad(expected, qkv, grad_out)
+    assert torch.allclose(grad, expected_grad, atol=1e-5)
+
+
 def test_a_subset_of_queries_needs_a_global_layer():
     attention = modeling.ClinicalModernBertAttention(tiny_config(), layer_idx=1)
     assert attention.local_window is not None
@@ -200,18 +253,28 @@ def test_flash_attn_4_op_keeps_compiled_graphs_across_batch_shapes(reference_op)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
-@pytest.mark.parametrize("name", ["fa4_varlen_fwd", "fa4_varlen_bwd"])
+@pytest.mark.parametrize("name", ["fa4_varlen_fwd", "fa4_varlen_bwd", "fa4_rotary_varlen_fwd",
+                                  "fa4_rotary_varlen_bwd"])
 def test_flash_attn_4_ops_pass_torch_opcheck(reference_op, name):
     """torch's own op checks: schema, autograd registration, fake tensors equal to real ones (shapes, dtypes)."""
     q, k, v, cu_seqlens, longest = packed_inputs(seed=2)
     settings = (cu_seqlens, cu_seqlens, longest, longest, 8**-0.5, 4, 4, False)
+    ops = getattr(torch.ops, NAMESPACE)
     if name == "fa4_varlen_fwd":
         args = (q, k, v, *settings)
-    else:
+    elif name == "fa4_varlen_bwd":
         with torch.no_grad():
             out, lse = reference_op[0](q, k, v, *settings)
         args = (torch.randn_like(q), *(x.detach() for x in (q, k, v)), out, lse, *settings)
-    torch.library.opcheck(getattr(getattr(torch.ops, NAMESPACE), name), args)
+    else:
+        qkv, cos, sin, cu_seqlens, longest = packed_qkv(seed=2)
+        settings = (cu_seqlens, longest, 8**-0.5, 4, 4, False)
+        args = (qkv, cos, sin, *settings)
+        if name == "fa4_rotary_varlen_bwd":
+            with torch.no_grad():
+                out, lse, rotated = ops.fa4_rotary_varlen_fwd(*args)
+            args = (torch.randn_like(out), rotated, out, lse, cos, sin, *settings)
+    torch.library.opcheck(getattr(ops, name), args)
 
 
 def test_registering_the_ops_twice_reuses_them(reference_op):
@@ -288,3 +351,19 @@ def test_without_flash_attn_4_installed_nothing_is_registered(monkeypatch):
     monkeypatch.setattr(modeling, "_flash_attn_4_state", None)
     assert modeling.flash_attn_4_available() is False
     assert not hasattr(torch.ops.clinical_modernbert, "fa4_varlen_fwd")
+
+
+def test_a_triton_kernel_that_fails_to_launch_hands_over_to_torch_code(monkeypatch):
+    """A Triton kernel that does not compile (an unsupported GPU, another Triton) is logged once, then skipped."""
+    monkeypatch.setattr(modeling, "_triton_failed", set())
+    warnings, calls = [], []
+    monkeypatch.setattr(modeling.logger, "warning", warnings.append)
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no kernel image")
+
+    assert modeling._launch_triton("rotary", broken) is False
+    assert modeling._launch_triton("rotary", broken) is False
+    assert len(calls) == 1 and len(warnings) == 1 and "rotary" in warnings[0] and "no kernel image" in warnings[0]
+    assert modeling._launch_triton("cross_entropy", lambda: None) is True
