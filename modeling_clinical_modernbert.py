@@ -998,10 +998,11 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
                         rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None) -> torch.Tensor:
     """A whole layer around a varlen attention op, one compiled graph.
 
-    `torch.nn.attention.varlen` and our FlashAttention-4 wrapper are torch custom ops, so dynamo traces the layer
+    `torch.nn.attention.varlen` and our FlashAttention-4 wrappers are torch custom ops, so dynamo traces the layer
     around them: q, k and v come straight out of the fused norm/RoPE kernels (no stack/unbind copies), and their
-    gradients go straight into `Wqkv`'s backward. One graph per layer also means one Python call per layer and
-    direction, which keeps the GPU fed.
+    gradients go straight into `Wqkv`'s backward. In training with FA4, RoPE runs inside the op instead (see
+    `fa4_rotary_varlen_fwd`). One graph per layer also means one Python call per layer and direction, which keeps
+    the GPU fed.
 
     With `rows` (a global layer), only those tokens query: keys and values come from every token, and the output
     projection, residuals and MLP run on `rows` alone, which are returned.
