@@ -138,11 +138,12 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
         return out, lse
 
     def backward(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
-                 window_left, window_right, deterministic):
+                 window_left, window_right, deterministic, dq=None, dk=None, dv=None):
+        """dq, dk, dv (into the given tensors, where given: the package writes any aligned strides)."""
         dq, dk, dv = interface._flash_attn_bwd(
             q, k, v, out, grad_out, lse, softmax_scale=scale, causal=False, window_size_left=window(window_left),
             window_size_right=window(window_right), cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, deterministic=deterministic,
+            max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, deterministic=deterministic, dq=dq, dk=dk, dv=dv,
         )[:3]
         return dq, dk, dv
 
@@ -193,13 +194,8 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
     def rotary_backward(grad_out, rotated, out, lse, cos, sin, cu_seqlens, max_seqlen, scale, window_left,
                         window_right, deterministic):
         grad_qkv = torch.empty_like(rotated)
-        dq, dk, dv = grad_qkv.unbind(1)
-        q, k, v = rotated.unbind(1)
-        interface._flash_attn_bwd(
-            q, k, v, out, grad_out, lse, softmax_scale=scale, causal=False, window_size_left=window(window_left),
-            window_size_right=window(window_right), cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-            max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, deterministic=deterministic, dq=dq, dk=dk, dv=dv,
-        )
+        backward(grad_out, *rotated.unbind(1), out, lse, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale,
+                 window_left, window_right, deterministic, *grad_qkv.unbind(1))
         rotate_qk(grad_qkv, cos, sin, grad_qkv, inverse=True)
         return grad_qkv
 
@@ -1014,21 +1010,20 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     if kernel == "flash-attn-4" and rows is None and torch.is_grad_enabled():  # RoPE inside the op (see there)
         out = torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd(
             qkv, cos, sin, cu_seqlens, max_seqlen, attn.scale, *attn.window_size, attn.deterministic)[0]
-        hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
-        return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=True)
-    q, k, v = qkv.unbind(1)
-    if torch.is_grad_enabled():
-        # The attention op saves v for backward. As a view, v would keep the whole Wqkv output alive, unrotated q
-        # and k included: 2/3 of it dead, 1.5 GiB at the base model's train-1024. Its own copy costs 0.6% of the
-        # step and is what lets activation_memory_budget=1.0 (no recomputation) fit.
-        v = v.contiguous()
-    k = apply_rotary(k, cos, sin)
-    if rows is None:
-        q = apply_rotary(q, cos, sin)
     else:
-        q = apply_rotary(q.index_select(0, rows), cos.index_select(0, rows), sin.index_select(0, rows))
-        hidden_states = hidden_states.index_select(0, rows)
-    out = _varlen_attn(kernel, q, k, v, cu_seqlens, max_seqlen, attn, cu_seqlens_rows)
+        q, k, v = qkv.unbind(1)
+        if torch.is_grad_enabled():
+            # The attention op saves v for backward. As a view, v would keep the whole Wqkv output alive, unrotated
+            # q and k included: 2/3 of it dead, 1.5 GiB at the base model's train-1024. Its own copy costs 0.6% of
+            # the step and is what lets activation_memory_budget=1.0 (no recomputation) fit.
+            v = v.contiguous()
+        k = apply_rotary(k, cos, sin)
+        if rows is None:
+            q = apply_rotary(q, cos, sin)
+        else:
+            q = apply_rotary(q.index_select(0, rows), cos.index_select(0, rows), sin.index_select(0, rows))
+            hidden_states = hidden_states.index_select(0, rows)
+        out = _varlen_attn(kernel, q, k, v, cu_seqlens, max_seqlen, attn, cu_seqlens_rows)
     hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
     return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=torch.is_grad_enabled())
 
