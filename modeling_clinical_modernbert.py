@@ -701,7 +701,7 @@ def resolve_varlen_kernel(requested: str, device: torch.device, head_dim: int, t
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Two Triton kernels for training on GPUs (torch code computes the same everywhere else)
+# Triton kernels for GPUs (torch code computes the same everywhere else)
 # --------------------------------------------------------------------------------------------------------------------
 
 if triton is not None:
@@ -771,6 +771,29 @@ if triton is not None:
                 x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
                 grad = tl.exp(x - lse) - (cols == label).to(tl.float32)
                 tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+    @triton.jit
+    def _geglu_kernel(x_ptr, grad_ptr, out_ptr, rows, width, x_stride, grad_stride, out_stride,
+                      BACKWARD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+        """A block of `(rows, 2 * width)` rows `[input | gate]`: `gelu(input) * gate` (exact GELU, fp32), or
+        (BACKWARD) the gradients of both halves from the output's gradient, side by side like `x`."""
+        row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)[:, None]
+        col = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)[None, :]
+        mask = (row < rows) & (col < width)
+        row = row.to(tl.int64)
+        x = x_ptr + row * x_stride + col
+        a = tl.load(x, mask=mask).to(tl.float32)
+        b = tl.load(x + width, mask=mask).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.erf(a * 0.7071067811865476))
+        out = out_ptr + row * out_stride + col
+        if BACKWARD:
+            grad = tl.load(grad_ptr + row * grad_stride + col, mask=mask).to(tl.float32)
+            pdf = tl.exp(-0.5 * a * a) * 0.3989422804014327
+            tl.store(out, (grad * b * (cdf + a * pdf)).to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out + width, (grad * a * cdf).to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(out, (a * cdf * b).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 _triton_failed: set[str] = set()
@@ -844,6 +867,83 @@ def cross_entropy_and_grad_(logits: torch.Tensor, labels: torch.Tensor) -> torch
             logits, labels, losses, rows, columns, logits.stride(0), BLOCK=8192, num_warps=16)):
         return None
     return losses.sum()
+
+
+def _geglu_launch(x: torch.Tensor, out: torch.Tensor, grad: torch.Tensor | None = None) -> bool:
+    """`_geglu_kernel` over 2-D `x` (and `grad`) into `out`; False where it cannot run (torch code then does).
+
+    Launched through `torch.library.wrap_triton`, so that inside a compiled graph inductor calls the kernel from its
+    own generated code, as it calls its own kernels."""
+    if triton is None or not x.is_cuda or x.stride(-1) != 1 or (grad is not None and grad.stride(-1) != 1):
+        return False
+    rows, width = x.shape[0], x.shape[1] // 2
+    grad = x if grad is None else grad
+    block_rows, block_cols = 16, 128
+    grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
+    return _launch_triton("geglu", lambda: torch.library.wrap_triton(_geglu_kernel)[grid](
+        x, grad, out, rows, width, x.stride(0), grad.stride(0), out.stride(0), BACKWARD=grad is not x,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=4,
+    ))
+
+
+def _geglu_forward(x: torch.Tensor) -> torch.Tensor:
+    width = x.shape[-1] // 2
+    out = x.new_empty(*x.shape[:-1], width)
+    if not _geglu_launch(x.reshape(-1, 2 * width), out.view(-1, width)):
+        inputs, gate = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
+        out.copy_(F.gelu(inputs) * gate)
+    return out
+
+
+def _geglu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    width = x.shape[-1] // 2
+    grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if not _geglu_launch(x.reshape(-1, 2 * width), grad_x.view(-1, 2 * width), grad.reshape(-1, width)):
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        inputs, gate = x.to(dtype).chunk(2, dim=-1)
+        grad = grad.to(dtype)
+        cdf = 0.5 * (1.0 + torch.erf(inputs * 0.5**0.5))
+        pdf = torch.exp(-0.5 * inputs * inputs) * (2 * math.pi) ** -0.5
+        grad_x[..., :width] = grad * gate * (cdf + inputs * pdf)
+        grad_x[..., width:] = grad * inputs * cdf
+    return grad_x
+
+
+def _register_geglu_ops(namespace: str = "clinical_modernbert") -> None:
+    """`{namespace}::geglu` (with autograd) and `geglu_backward`, once per process (at import: registering while
+    torch.compile traces would break the graph). Another copy of this file may have registered them already.
+
+    They are `torch.library.triton_op`s: torch.compile traces into them and inductor launches the kernels from its
+    generated code. The Python launch of a Triton kernel costs about 70 us of CPU time, and custom-op autograd
+    about 400 us more per forward and backward, which left training without CUDA graphs CPU-bound."""
+    if hasattr(getattr(torch.ops, namespace), "geglu"):
+        return
+    forward_op = torch.library.triton_op(f"{namespace}::geglu", _geglu_forward, mutates_args=())
+    backward_op = torch.library.triton_op(f"{namespace}::geglu_backward", _geglu_backward, mutates_args=())
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def backward(ctx, grad):
+        return backward_op(grad.contiguous(), ctx.saved_tensors[0])
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+_register_geglu_ops()
+
+
+def geglu(x: torch.Tensor) -> torch.Tensor:
+    """`gelu(input) * gate` with `input, gate = x.chunk(2, dim=-1)` (exact GELU, computed in fp32): a torch op with
+    one Triton kernel each way on CUDA.
+
+    Its backward writes both halves' gradients into one tensor shaped like `x`, which is the gradient of `Wi`'s
+    output as it stands, so `Wi` stays one matmul each way. Written in torch, the backward's `cat` of the halves
+    became inductor's "pointwise cat", which evaluates both halves' formulas for every element and took 191 against
+    95 us per layer at train-1024 on an H100; the workaround, one matmul per half (`split_linear`), cost two more
+    matmuls and their split-K reductions per layer.
+    """
+    return torch.ops.clinical_modernbert.geglu(x)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -920,18 +1020,23 @@ def split_linear(linear: nn.Module, hidden_states: torch.Tensor, parts: int) -> 
 class ClinicalModernBertMLP(nn.Module):
     """GeGLU: `Wo(drop(act(input) * gate))` with `input, gate = Wi(x).chunk(2)`.
 
-    `split_matmuls=True` (compiled layers, when training) computes `input` and `gate` as two matmuls, which only
-    pays in backward: see `split_linear`.
+    `split_matmuls=True` (layer blocks, when training) changes how backward is computed, not what. Compiled on
+    CUDA with Triton and exact GELU (ModernBERT's), `gelu(input) * gate` is one op (`geglu`) whose backward returns
+    `Wi`'s output gradient whole; otherwise `input` and `gate` come from two matmuls (see `split_linear`).
     """
 
     def __init__(self, config: ClinicalModernBertConfig) -> None:
         super().__init__()
         self.Wi = _init_role(nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias), "in")
         self.act = ACT2FN[config.hidden_activation]
+        self.exact_gelu = config.hidden_activation == "gelu"
         self.drop = nn.Dropout(config.mlp_dropout)
         self.Wo = _init_role(nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias), "out")
 
     def forward(self, hidden_states: torch.Tensor, split_matmuls: bool = False) -> torch.Tensor:
+        if (self.exact_gelu and split_matmuls and hidden_states.is_cuda and triton is not None
+                and torch.compiler.is_compiling()):  # traced into inductor's code, not launched from Python
+            return self.Wo(self.drop(geglu(self.Wi(hidden_states))))  # one Wi matmul each way: see `geglu`
         if split_matmuls:
             inputs, gate = split_linear(self.Wi, hidden_states, 2)
         else:

@@ -5,9 +5,10 @@
 The compiled layer of `train-1024` spends about a third of its GPU time in Triton kernels that inductor generates
 for the norms, RoPE and GeGLU, and their backward. How a piece is written decides which kernels come out: a
 `torch.cat` (GeGLU's `chunk` in backward, `rotate_half`) becomes a "pointwise cat" that evaluates every branch for
-each output element. This script times forward + backward of each piece, compiled as the model compiles its layers
-(`dynamic=True`, bf16 autocast over fp32 parameters), on one layer's shapes of the base geometry (`--tokens` packed
-tokens), in several formulations, and checks that each one's outputs and gradients equal the first formulation's.
+each output element. (In training on CUDA the model now runs GeGLU and RoPE as its own Triton kernels.) This script
+times forward + backward of each piece, compiled as the model compiles its layers (`dynamic=True`, bf16 autocast
+over fp32 parameters), on one layer's shapes of the base geometry (`--tokens` packed tokens), in several
+formulations, and checks that each one's outputs and gradients equal the first formulation's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def geglu_chunk(x, wi, wo):
 def geglu_two_linear(x, wi, wo):
     inputs, gate = F.linear(x, wi[:INTERMEDIATE]), F.linear(x, wi[INTERMEDIATE:])
     return F.linear(F.gelu(inputs) * gate, wo)
+
+
+def geglu_op(x, wi, wo):
+    from modeling_clinical_modernbert import geglu
+
+    return F.linear(geglu(F.linear(x, wi)), wo)
 
 
 def rotate_half(x):
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     compare("GeGLU MLP (Wi, gelu * gate, Wo), forward + backward", {
         "chunk (before)": (geglu_chunk, None),
         "chunk, ConcatKernel cats": (geglu_chunk, concat_kernels),
-        "two linears on Wi's halves (model)": (geglu_two_linear, None),
+        "two linears on Wi's halves": (geglu_two_linear, None),
+        "one linear, the geglu op (model)": (geglu_op, None),
     }, geglu_inputs, args.steps)
 
     def qkv_inputs():

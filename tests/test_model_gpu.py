@@ -297,6 +297,47 @@ def test_triton_rotary_kernel_matches_the_torch_code():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_geglu_kernels_match_the_torch_code(dtype):
+    """`geglu`'s Triton kernels against its torch code (run on CPU copies), forward and backward, on a strided
+    `(rows, 2 * width)` view whose width is no multiple of the kernel's column block."""
+    import modeling_clinical_modernbert as modeling
+
+    if modeling.triton is None:
+        pytest.skip("no Triton")
+    torch.manual_seed(13)
+    wide = torch.randn(999, 2 * 200 + 16, device="cuda").to(dtype)
+    x = wide[:, : 2 * 200]  # rows 416 apart
+    grad = torch.randn(999, 200, device="cuda").to(dtype)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    out = torch.ops.clinical_modernbert.geglu(x)
+    assert (out.cpu().float() - modeling._geglu_forward(x.cpu()).float()).abs().max() <= tolerance
+    grad_x = torch.ops.clinical_modernbert.geglu_backward(grad, x)
+    expected = modeling._geglu_backward(grad.cpu(), x.cpu())
+    assert (grad_x.cpu().float() - expected.float()).abs().max() <= tolerance
+
+
+def test_mlp_with_the_geglu_op_trains_like_two_matmuls():
+    """What compiled training layers run (one Wi matmul, the `geglu` op) against the split-matmul torch code:
+    outputs and gradients. The compiled-training tests cover the op inside inductor's code."""
+    import modeling_clinical_modernbert as modeling
+
+    if modeling.triton is None:
+        pytest.skip("no Triton")
+    torch.manual_seed(14)
+    mlp = modeling.ClinicalModernBertMLP(tiny_config(intermediate_size=200, mlp_bias=True)).cuda()
+    x = torch.randn(300, mlp.Wi.in_features, device="cuda", requires_grad=True)
+    results = []
+    for use_op in (True, False):
+        mlp.zero_grad()
+        out = mlp.Wo(modeling.geglu(mlp.Wi(x))) if use_op else mlp(x, split_matmuls=True)
+        (grad_x,) = torch.autograd.grad(out.pow(2).sum(), x, retain_graph=True)
+        out.pow(2).sum().backward()
+        results.append((out, grad_x, mlp.Wi.weight.grad.clone(), mlp.Wi.bias.grad.clone(), mlp.Wo.weight.grad.clone()))
+    for ours, reference in zip(*results):
+        assert torch.allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(700, 50368), (3, 1000), (1, 8193)])
 def test_triton_cross_entropy_kernel_matches_torch(shape, dtype):
     """The MLM loss's in-place cross-entropy kernel against torch's cross-entropy and its autograd gradient."""

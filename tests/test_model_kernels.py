@@ -179,6 +179,25 @@ def test_rotate_qk_is_apply_rotary_and_its_inverse_is_the_transpose():
     assert torch.equal(backward[:, 2], grad[:, 2])
 
 
+def test_geglu_op_is_gelu_times_gate_with_both_gradients_in_one_tensor():
+    """`geglu` (the op the MLP runs on CUDA) against `gelu(input) * gate` and autograd through it: exact GELU, any
+    leading shape, float64 gradcheck of the hand-written backward, and torch's op checks (fake tensors, autograd
+    registration, compile tracing)."""
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 5, 12, generator=generator, dtype=torch.float64, requires_grad=True)
+    inputs, gate = x.chunk(2, dim=-1)
+    expected = torch.nn.functional.gelu(inputs) * gate
+    out = modeling.geglu(x)
+    assert out.shape == (3, 5, 6) and torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(3, 5, 6, generator=generator, dtype=torch.float64)
+    (grad_x,) = torch.autograd.grad(out, x, grad)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    assert grad_x.is_contiguous() and torch.allclose(grad_x, expected_grad, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(modeling.geglu, (x[:2, :2].detach().requires_grad_(),))
+    torch.library.opcheck(torch.ops.clinical_modernbert.geglu, (torch.randn(4, 10, requires_grad=True),))
+    torch.library.opcheck(torch.ops.clinical_modernbert.geglu_backward, (torch.randn(4, 5), torch.randn(4, 10)))
+
+
 def packed_qkv(seed: int):
     q, k, v, cu_seqlens, longest = packed_inputs(seed)
     qkv = torch.stack((q, k, v), dim=1).detach().requires_grad_()
