@@ -1002,7 +1002,8 @@ class ClinicalModernBertEmbeddings(nn.Module):
 
 
 def split_linear(linear: nn.Module, hidden_states: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
-    """`linear(hidden_states).chunk(parts, -1)`, as one matmul per row block of the weight (compiled layers).
+    """`linear(hidden_states).chunk(parts, -1)`, as one matmul per row block of the weight (layer blocks in training
+    where the `geglu` op does not run: eager code, activations other than exact GELU).
 
     After one matmul and a chunk, backward concatenates the parts' gradients for the input-gradient matmul. inductor
     fuses that concatenation with the gradient formulas into a "pointwise cat" kernel, which evaluates every part's
