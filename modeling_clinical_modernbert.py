@@ -70,7 +70,7 @@ if _flash_attn_spec is not None and _flash_attn_spec.origin not in (None, "names
     except Exception as error:  # a broken flash_attn build must not break the model
         logger.warning(f"flash_attn is installed but failed to import ({error}); using torch kernels instead")
 
-try:  # ships with torch's CUDA builds: the two training kernels below; without it, torch code does the same
+try:  # ships with torch's CUDA builds: the training kernels below; without it, torch code does the same
     import triton
     import triton.language as tl
 except ImportError:
@@ -772,7 +772,6 @@ if triton is not None:
                 grad = tl.exp(x - lse) - (cols == label).to(tl.float32)
                 tl.store(row_ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=mask)
 
-
     @triton.jit
     def _geglu_kernel(x_ptr, grad_ptr, out_ptr, rows, width, x_stride, grad_stride, out_stride,
                       BACKWARD: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
@@ -877,11 +876,12 @@ def _geglu_launch(x: torch.Tensor, out: torch.Tensor, grad: torch.Tensor | None 
     if triton is None or not x.is_cuda or x.stride(-1) != 1 or (grad is not None and grad.stride(-1) != 1):
         return False
     rows, width = x.shape[0], x.shape[1] // 2
-    grad = x if grad is None else grad
+    backward = grad is not None
+    grad = grad if backward else x  # forward: an unread stand-in
     block_rows, block_cols = 16, 128
     grid = (triton.cdiv(rows, block_rows), triton.cdiv(width, block_cols))
     return _launch_triton("geglu", lambda: torch.library.wrap_triton(_geglu_kernel)[grid](
-        x, grad, out, rows, width, x.stride(0), grad.stride(0), out.stride(0), BACKWARD=grad is not x,
+        x, grad, out, rows, width, x.stride(0), grad.stride(0), out.stride(0), BACKWARD=backward,
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=4,
     ))
 
@@ -909,17 +909,17 @@ def _geglu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return grad_x
 
 
-def _register_geglu_ops(namespace: str = "clinical_modernbert") -> None:
-    """`{namespace}::geglu` (with autograd) and `geglu_backward`, once per process (at import: registering while
+def _register_geglu_ops() -> None:
+    """`clinical_modernbert::geglu` (with autograd) and `geglu_backward`, once per process (at import: registering while
     torch.compile traces would break the graph). Another copy of this file may have registered them already.
 
     They are `torch.library.triton_op`s: torch.compile traces into them and inductor launches the kernels from its
     generated code. The Python launch of a Triton kernel costs about 70 us of CPU time, and custom-op autograd
     about 400 us more per forward and backward, which left training without CUDA graphs CPU-bound."""
-    if hasattr(getattr(torch.ops, namespace), "geglu"):
+    if hasattr(torch.ops.clinical_modernbert, "geglu"):
         return
-    forward_op = torch.library.triton_op(f"{namespace}::geglu", _geglu_forward, mutates_args=())
-    backward_op = torch.library.triton_op(f"{namespace}::geglu_backward", _geglu_backward, mutates_args=())
+    forward_op = torch.library.triton_op("clinical_modernbert::geglu", _geglu_forward, mutates_args=())
+    backward_op = torch.library.triton_op("clinical_modernbert::geglu_backward", _geglu_backward, mutates_args=())
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
