@@ -29,6 +29,7 @@ logger = logging.get_logger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
 VARLEN_KERNELS = ("auto", "flash-attn-4", "flash-attn", "torch")
+LOCAL_ATTENTION_KERNELS = ("auto", "varlen")
 COMPILE_MODES = ("auto", "on", "off")
 RESIDUAL_DTYPES = ("float32", "autocast")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -114,6 +115,11 @@ class ClinicalModernBertConfig(PretrainedConfig):
             compile), Hopper and Blackwell GPUs only (compute capability 9.x, 10.x). `"flash-attn"`: the `flash-attn`
             package's FlashAttention-2. `"torch"`: the FlashAttention-2 kernels in `torch.nn.attention.varlen`
             (torch >= 2.10). `"auto"`: the first of these that is installed and runs on the GPU.
+        local_attention_kernel (`str`, defaults to `"auto"`): the kernel of the local (sliding-window) layers on the
+            compiled varlen path. `"auto"`: this model's Triton kernels for the window (`local_attention` in the
+            modeling file: RoPE inside, a 64-query block visits at most 192 keys), wherever they run (CUDA, Triton,
+            fp16/bf16, head_dim 32 or 64, no attention dropout in training); `"varlen"`: `varlen_kernel`'s
+            FlashAttention, as in the global layers.
         compile_layers (`str`, defaults to `"auto"`): run the blocks around attention (norms, projections, RoPE,
             GeGLU, residuals; with torch's varlen kernel the whole layer) through `torch.compile`: `"auto"` on CUDA
             with Triton installed (the first batch then takes some seconds to compile), `"on"` always (needs a
@@ -187,6 +193,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         sparse_pred_ignore_index: int = -100,
         attention_backend: str = "auto",
         varlen_kernel: str = "auto",
+        local_attention_kernel: str = "auto",
         compile_layers: str = "auto",
         mlm_loss_chunk_size: int = 2048,
         residual_dtype: str = "autocast",
@@ -255,6 +262,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         self.sparse_pred_ignore_index = sparse_pred_ignore_index
         self.attention_backend = attention_backend
         self.varlen_kernel = varlen_kernel
+        self.local_attention_kernel = local_attention_kernel
         self.compile_layers = compile_layers
         self.mlm_loss_chunk_size = mlm_loss_chunk_size
         self.residual_dtype = residual_dtype
@@ -311,6 +319,9 @@ class ClinicalModernBertConfig(PretrainedConfig):
             raise ValueError(f"attention_backend={self.attention_backend!r} must be one of {ATTENTION_BACKENDS}")
         if self.varlen_kernel not in VARLEN_KERNELS:
             raise ValueError(f"varlen_kernel={self.varlen_kernel!r} must be one of {VARLEN_KERNELS}")
+        if self.local_attention_kernel not in LOCAL_ATTENTION_KERNELS:
+            raise ValueError(f"local_attention_kernel={self.local_attention_kernel!r} must be one of "
+                             f"{LOCAL_ATTENTION_KERNELS}")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}"
@@ -363,8 +374,9 @@ class ClinicalModernBertConfig(PretrainedConfig):
         """Keyword arguments for `transformers.ModernBertConfig`, understood by 4.48 and 5.x alike."""
         values = self.to_dict()
         for key in ("model_type", "architectures", "auto_map", "attention_backend", "varlen_kernel", "layer_types",
-                    "compile_layers", "mlm_loss_chunk_size", "residual_dtype", "activation_memory_budget",
-                    "cuda_graphs", "transformers_version", "_name_or_path", "mask_token_id"):
+                    "local_attention_kernel", "compile_layers", "mlm_loss_chunk_size", "residual_dtype",
+                    "activation_memory_budget", "cuda_graphs", "transformers_version", "_name_or_path",
+                    "mask_token_id"):
             values.pop(key, None)
         if self.global_attn_every_n_layers is None:
             raise ValueError("this layer_types pattern cannot be expressed as a native ModernBERT config")

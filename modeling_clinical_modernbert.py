@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
+import operator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -264,14 +265,26 @@ def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> t
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
-    ops = {torch.ops.torch_attn._varlen_attn.default}
+    ops = {torch.ops.torch_attn._varlen_attn.default, torch.ops.clinical_modernbert.local_attention.default}
     if _flash_attn_4_state:
         ops |= {torch.ops.clinical_modernbert.fa4_varlen_fwd.default,
                 torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd.default}
     for node in graph.graph.nodes:
-        if node.op == "call_function" and node.target in ops:
-            node.meta["recompute"] = CheckpointPolicy.MUST_SAVE  # banned from recomputation: its outputs are saved
+        if node.op == "call_function" and (node.target in ops or _is_local_attention_kernel(node)):
+            # banned from recomputation: its outputs are saved (a kernel launch returns them through getitem nodes)
+            for saved in (node, *(user for user in node.users if user.target is operator.getitem)):
+                saved.meta["recompute"] = CheckpointPolicy.MUST_SAVE
     return graph
+
+
+def _is_local_attention_kernel(node: torch.fx.Node) -> bool:
+    """A launch of `local_attention`'s forward kernel in a traced graph: torch.compile traces into the op (a
+    `triton_op`), so the graph holds the kernel launch, not the op."""
+    if triton is None or node.target is not getattr(torch.ops.higher_order, "triton_kernel_wrapper_functional", None):
+        return False
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    return kernel_side_table.get_kernel(node.kwargs["kernel_idx"]) is _local_attention_fwd_kernel
 
 
 def _compile_settings(memory_budget: float) -> list[tuple[object, dict]]:
@@ -559,6 +572,8 @@ class AttentionContext:
     cuda_graphs: bool = False  # ... and replay them as CUDA graphs (static shapes: `pad_to_static_shapes`)
     fused_varlen: bool = False  # attention is a torch op (varlen or ours over FA4): compiled with the whole layer
     varlen_kernel: str = "torch"  # behind `flash_attention_2`: "flash-attn-4", "flash-attn" or "torch"
+    local_kernel: bool = False  # local layers of the fused varlen path run `local_attention`'s Triton kernels
+    local_bounds: torch.Tensor | None = None  # ... over these windows (`local_attention_bounds`)
     padding: DocumentPadding | None = None  # built lazily by the padded backends
     masks: dict | None = None
 
@@ -794,6 +809,137 @@ if triton is not None:
         else:
             tl.store(out, (a * cdf * b).to(out_ptr.dtype.element_ty), mask=mask)
 
+    @triton.jit
+    def _block_rows(start, total, BLOCK: tl.constexpr):
+        """BLOCK tokens from `start`: which are real, and their rows (clamped into the batch).
+
+        (The kernels load `bounds` themselves: torch 2.11's analysis of which tensors a kernel writes counted a
+        pointer that a nested function only loaded from as written, and a written graph input turns CUDA graphs off.)
+        """
+        tokens = start + tl.arange(0, BLOCK)
+        return tokens < total, tl.minimum(tokens, total - 1)
+
+    @triton.jit
+    def _load_head(ptr, rows, valid, row_stride, column, DIM: tl.constexpr):
+        """`(len(rows), DIM)`: one head's elements (from `column`) of each row."""
+        return tl.load(ptr + rows.to(tl.int64)[:, None] * row_stride + column + tl.arange(0, DIM)[None, :],
+                       mask=valid[:, None], other=0.0)
+
+    @triton.jit
+    def _store_head_unrotated(ptr, cos_ptr, sin_ptr, rows, valid, row_stride, trig_stride, column, grad,
+                              BLOCK: tl.constexpr, HALF: tl.constexpr):
+        """`grad`, a gradient of rotated q or k `(BLOCK, 2 * HALF)` (fp32), turned into the gradient of the unrotated
+        one (RoPE's transpose) and stored."""
+        first, second = tl.split(tl.permute(tl.reshape(grad, (BLOCK, 2, HALF)), (0, 2, 1)))
+        half = tl.arange(0, HALF)[None, :]
+        rows64 = rows.to(tl.int64)[:, None]
+        trig = rows64 * trig_stride + half
+        cos1 = tl.load(cos_ptr + trig).to(tl.float32)
+        cos2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
+        sin1 = tl.load(sin_ptr + trig).to(tl.float32)
+        sin2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
+        out = ptr + rows64 * row_stride + column + half
+        tl.store(out, (first * cos1 + second * sin2).to(ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(out + HALF, (second * cos2 - first * sin1).to(ptr.dtype.element_ty), mask=valid[:, None])
+
+    @triton.jit
+    def _local_attention_fwd_kernel(qkv_ptr, bounds_ptr, out_ptr, lse_ptr, total, qkv_stride, out_stride,
+                                    QK_SCALE: tl.constexpr, HEADS: tl.constexpr, DIM: tl.constexpr,
+                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """BLOCK_M queries of one head (rotated `(total, 3, HEADS, DIM)` qkv) against the keys their windows reach,
+        in one online-softmax pass over BLOCK_N-key blocks. Writes the output and `lse` `(heads, total)`: the log2
+        of the sum of exp2 of the scores times QK_SCALE (the softmax scale times log2(e))."""
+        head = tl.program_id(1)
+        valid, rows = _block_rows(tl.program_id(0) * BLOCK_M, total, BLOCK_M)
+        first, last = tl.load(bounds_ptr + rows), tl.load(bounds_ptr + total + rows)  # first and last partner
+        q = _load_head(qkv_ptr, rows, valid, qkv_stride, head * DIM, DIM)
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, DIM], tl.float32)
+        key_hi = tl.max(last, 0) + 1
+        for start_n in range(tl.min(first, 0), key_hi, BLOCK_N):
+            keys = start_n + tl.arange(0, BLOCK_N)
+            key_valid = keys < key_hi
+            key_rows = tl.minimum(keys, total - 1)
+            k = _load_head(qkv_ptr, key_rows, key_valid, qkv_stride, (HEADS + head) * DIM, DIM)
+            v = _load_head(qkv_ptr, key_rows, key_valid, qkv_stride, (2 * HEADS + head) * DIM, DIM)
+            allowed = (keys[None, :] >= first[:, None]) & (keys[None, :] <= last[:, None])
+            scores = tl.where(allowed, tl.dot(q, tl.trans(k)) * QK_SCALE, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, 1))
+            p = tl.math.exp2(scores - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        acc = acc / l_i[:, None]
+        tl.store(out_ptr + rows.to(tl.int64)[:, None] * out_stride + head * DIM + tl.arange(0, DIM)[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=valid[:, None])
+        tl.store(lse_ptr + head * total + rows, m_i + tl.math.log2(l_i), mask=valid)
+
+    @triton.jit
+    def _local_attention_bwd_dq_kernel(qkv_ptr, bounds_ptr, cos_ptr, sin_ptr, out_ptr, grad_out_ptr, lse_ptr,
+                                       delta_ptr, grad_qkv_ptr, total, qkv_stride, out_stride, grad_out_stride,
+                                       grad_stride, trig_stride, QK_SCALE: tl.constexpr, SCALE: tl.constexpr,
+                                       HEADS: tl.constexpr, DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                                       BLOCK_N: tl.constexpr):
+        """Backward by query block: `delta = rowsum(dO * O)` (stored for the key kernel), then dq over the window's
+        keys, written unrotated into the gradient of the unrotated qkv."""
+        head = tl.program_id(1)
+        valid, rows = _block_rows(tl.program_id(0) * BLOCK_M, total, BLOCK_M)
+        first, last = tl.load(bounds_ptr + rows), tl.load(bounds_ptr + total + rows)  # first and last partner
+        q = _load_head(qkv_ptr, rows, valid, qkv_stride, head * DIM, DIM)
+        grad_out = _load_head(grad_out_ptr, rows, valid, grad_out_stride, head * DIM, DIM)
+        out = _load_head(out_ptr, rows, valid, out_stride, head * DIM, DIM)
+        delta = tl.sum(grad_out.to(tl.float32) * out.to(tl.float32), 1)
+        tl.store(delta_ptr + head * total + rows, delta, mask=valid)
+        lse = tl.load(lse_ptr + head * total + rows, mask=valid, other=0.0)
+        dq = tl.zeros([BLOCK_M, DIM], tl.float32)
+        key_hi = tl.max(last, 0) + 1
+        for start_n in range(tl.min(first, 0), key_hi, BLOCK_N):
+            keys = start_n + tl.arange(0, BLOCK_N)
+            key_valid = keys < key_hi
+            key_rows = tl.minimum(keys, total - 1)
+            k = _load_head(qkv_ptr, key_rows, key_valid, qkv_stride, (HEADS + head) * DIM, DIM)
+            v = _load_head(qkv_ptr, key_rows, key_valid, qkv_stride, (2 * HEADS + head) * DIM, DIM)
+            allowed = (keys[None, :] >= first[:, None]) & (keys[None, :] <= last[:, None]) & valid[:, None]
+            p = tl.where(allowed, tl.math.exp2(tl.dot(q, tl.trans(k)) * QK_SCALE - lse[:, None]), 0.0)
+            ds = p * (tl.dot(grad_out, tl.trans(v)) - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k)
+        _store_head_unrotated(grad_qkv_ptr, cos_ptr, sin_ptr, rows, valid, grad_stride, trig_stride, head * DIM,
+                              dq * SCALE, BLOCK_M, DIM // 2)
+
+    @triton.jit
+    def _local_attention_bwd_dkdv_kernel(qkv_ptr, bounds_ptr, cos_ptr, sin_ptr, grad_out_ptr, lse_ptr, delta_ptr,
+                                         grad_qkv_ptr, total, qkv_stride, grad_out_stride, grad_stride, trig_stride,
+                                         QK_SCALE: tl.constexpr, SCALE: tl.constexpr, HEADS: tl.constexpr,
+                                         DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Backward by key block: dk (written unrotated) and dv over the queries whose windows hold these keys."""
+        head = tl.program_id(1)
+        key_valid, key_rows = _block_rows(tl.program_id(0) * BLOCK_N, total, BLOCK_N)
+        first, last = tl.load(bounds_ptr + key_rows), tl.load(bounds_ptr + total + key_rows)  # first and last partner
+        k = _load_head(qkv_ptr, key_rows, key_valid, qkv_stride, (HEADS + head) * DIM, DIM)
+        v = _load_head(qkv_ptr, key_rows, key_valid, qkv_stride, (2 * HEADS + head) * DIM, DIM)
+        dk = tl.zeros([BLOCK_N, DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, DIM], tl.float32)
+        query_hi = tl.max(last, 0) + 1
+        for start_m in range(tl.min(first, 0), query_hi, BLOCK_M):
+            queries = start_m + tl.arange(0, BLOCK_M)
+            query_valid = queries < query_hi
+            query_rows = tl.minimum(queries, total - 1)
+            q = _load_head(qkv_ptr, query_rows, query_valid, qkv_stride, head * DIM, DIM)
+            grad_out = _load_head(grad_out_ptr, query_rows, query_valid, grad_out_stride, head * DIM, DIM)
+            lse = tl.load(lse_ptr + head * total + query_rows, mask=query_valid, other=0.0)
+            delta = tl.load(delta_ptr + head * total + query_rows, mask=query_valid, other=0.0)
+            allowed = (queries[None, :] >= first[:, None]) & (queries[None, :] <= last[:, None]) & key_valid[:, None]
+            p = tl.where(allowed, tl.math.exp2(tl.dot(k, tl.trans(q)) * QK_SCALE - lse[None, :]), 0.0)  # (keys, q)
+            dv += tl.dot(p.to(grad_out.dtype), grad_out)
+            ds = p * (tl.dot(v, tl.trans(grad_out)) - delta[None, :])
+            dk += tl.dot(ds.to(q.dtype), q)
+        _store_head_unrotated(grad_qkv_ptr, cos_ptr, sin_ptr, key_rows, key_valid, grad_stride, trig_stride,
+                              (HEADS + head) * DIM, dk * SCALE, BLOCK_N, DIM // 2)
+        tl.store(grad_qkv_ptr + key_rows.to(tl.int64)[:, None] * grad_stride + (2 * HEADS + head) * DIM
+                 + tl.arange(0, DIM)[None, :], dv.to(grad_qkv_ptr.dtype.element_ty), mask=key_valid[:, None])
+
 
 _triton_failed: set[str] = set()
 
@@ -819,33 +965,39 @@ def _rows_of_heads(x: torch.Tensor) -> bool:
 
 
 def rotate_qk(src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dst: torch.Tensor,
-              inverse: bool = False) -> None:
+              inverse: bool = False, copy_v: bool | None = None, traced: bool = False) -> None:
     """`dst` = `(total, 3, heads, head_dim)` `src` with RoPE applied to its q and k parts (`dst` may be `src`).
 
     `inverse=True` applies the transpose, which turns gradients of rotated q and k into gradients of unrotated ones.
-    `cos`, `sin`: `(total, 1, head_dim)`. The arithmetic is `apply_rotary`'s, in fp32. One Triton kernel on CUDA,
-    which reads and writes each element once; torch code elsewhere.
+    `cos`, `sin`: `(total, 1, head_dim)`. The arithmetic is `apply_rotary`'s, in fp32 (float64 for float64). One
+    Triton kernel on CUDA, which reads and writes each element once; torch code elsewhere. `copy_v`: copy the v part
+    too (default: when `dst` is not `src`). `traced`: launch through `torch.library.wrap_triton`, as the body of a
+    `triton_op` must (tensors there may be fake, so `copy_v` must then be given).
     """
     total, _, heads, head_dim = src.shape
+    if copy_v is None:
+        copy_v = dst.data_ptr() != src.data_ptr()
     if (triton is not None and src.is_cuda and _rows_of_heads(src) and _rows_of_heads(dst) and head_dim % 2 == 0
             and (head_dim // 2) & (head_dim // 2 - 1) == 0 and cos.stride(-1) == 1 and sin.stride() == cos.stride()):
         # Two tokens per program: 81 us forward and 58 us inverse at 24,576 base-model tokens on an H100, against
         # 101 and 70 us for a program per head, which loaded each token's cos/sin once per head.
         block = 2
-        if _launch_triton("rotary", lambda: _rotary_kernel[(triton.cdiv(total, block),)](
+        kernel = torch.library.wrap_triton(_rotary_kernel) if traced else _rotary_kernel
+        if _launch_triton("rotary", lambda: kernel[(triton.cdiv(total, block),)](
             src, dst, cos, sin, total, src.stride(0), dst.stride(0), cos.stride(0), HEADS=heads,
             QK_P2=triton.next_power_of_2(2 * heads), V_P2=triton.next_power_of_2(heads * head_dim),
-            HALF=head_dim // 2, INVERSE=inverse, COPY_V=dst.data_ptr() != src.data_ptr(), BLOCK=block, num_warps=4,
+            HALF=head_dim // 2, INVERSE=inverse, COPY_V=copy_v, BLOCK=block, num_warps=4,
         )):
             return
-    x1, x2 = src[:, :2].float().chunk(2, dim=-1)
-    cos1, cos2 = cos[:, None].float().chunk(2, dim=-1)
-    sin1, sin2 = sin[:, None].float().chunk(2, dim=-1)
+    dtype = torch.promote_types(src.dtype, torch.float32)
+    x1, x2 = src[:, :2].to(dtype).chunk(2, dim=-1)
+    cos1, cos2 = cos[:, None].to(dtype).chunk(2, dim=-1)
+    sin1, sin2 = sin[:, None].to(dtype).chunk(2, dim=-1)
     if inverse:
         rotated = torch.cat((x1 * cos1 + x2 * sin2, x2 * cos2 - x1 * sin1), dim=-1)
     else:
         rotated = torch.cat((x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2), dim=-1)
-    if dst.data_ptr() != src.data_ptr():
+    if copy_v:
         dst[:, 2] = src[:, 2]
     dst[:, :2] = rotated.to(dst.dtype)
 
@@ -909,6 +1061,17 @@ def _geglu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return grad_x
 
 
+def _define_op(name: str, fn, fake):
+    """A torch op over `fn`: a `torch.library.triton_op` where Triton is installed (torch.compile traces into it and
+    inductor launches its kernels), else a plain custom op with `fake` for tracing (torch code only, and no warning
+    about missing Triton at import)."""
+    if triton is not None:
+        return torch.library.triton_op(name, fn, mutates_args=())
+    op = torch.library.custom_op(name, fn, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
 def _register_geglu_ops() -> None:
     """`clinical_modernbert::geglu` (with autograd) and `geglu_backward`, once per process (at import: registering while
     torch.compile traces would break the graph). Another copy of this file may have registered them already.
@@ -918,8 +1081,10 @@ def _register_geglu_ops() -> None:
     about 400 us more per forward and backward, which left training without CUDA graphs CPU-bound."""
     if hasattr(torch.ops.clinical_modernbert, "geglu"):
         return
-    forward_op = torch.library.triton_op("clinical_modernbert::geglu", _geglu_forward, mutates_args=())
-    backward_op = torch.library.triton_op("clinical_modernbert::geglu_backward", _geglu_backward, mutates_args=())
+    forward_op = _define_op("clinical_modernbert::geglu", _geglu_forward,
+                            lambda x: x.new_empty(*x.shape[:-1], x.shape[-1] // 2))
+    backward_op = _define_op("clinical_modernbert::geglu_backward", _geglu_backward,
+                             lambda grad, x: torch.empty_like(x, memory_format=torch.contiguous_format))
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
@@ -944,6 +1109,173 @@ def geglu(x: torch.Tensor) -> torch.Tensor:
     matmuls and their split-K reductions per layer.
     """
     return torch.ops.clinical_modernbert.geglu(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Local attention: a kernel for ModernBERT's sliding-window layers
+# --------------------------------------------------------------------------------------------------------------------
+
+_LOG2E = 1.4426950408889634
+# (BLOCK_M queries, BLOCK_N keys, warps) of each kernel.
+_LOCAL_ATTENTION_TILES = {"forward": (64, 64, 4), "dq": (64, 64, 4), "dkdv": (64, 64, 4)}
+
+
+def local_attention_fits(qkv: torch.Tensor, cos: torch.Tensor) -> bool:
+    """Whether the local-attention kernels run on this `(total, 3, heads, head_dim)` qkv (else torch code does)."""
+    return (triton is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16) and qkv.dim() == 4
+            and qkv.shape[1] == 3 and _rows_of_heads(qkv) and qkv.shape[-1] in (32, 64) and cos.stride(-1) == 1)
+
+
+def local_attention_bounds(cu_seqlens: torch.Tensor, total: int, window: int) -> torch.Tensor:
+    """`(2, total)` int32: the first and last token each token attends to in a local layer (its document, at most
+    `window` tokens either side). Built once per batch, on the device, without a sync."""
+    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    documents = torch.arange(cu_seqlens.shape[0] - 1, device=cu_seqlens.device)
+    doc = torch.repeat_interleave(documents, cu_seqlens.diff(), output_size=total)  # output_size: no sync
+    first = torch.maximum(cu_seqlens[doc], tokens - window)
+    last = torch.minimum(cu_seqlens[doc + 1] - 1, tokens + window)
+    return torch.stack((first, last)).to(torch.int32)
+
+
+def _local_attention_chunks(rotated: torch.Tensor, bounds: torch.Tensor, window: int, scale: float,
+                            chunk: int = 512):
+    """The torch code's walk over the batch: per chunk of queries, the scores against the keys that can reach it.
+
+    Yields `(start, end, lo, scores, q, k, v)`: queries `[start, end)`, keys from `lo`, `scores` `(heads, queries,
+    keys)` scaled and masked to `-inf` outside each query's window; q, k, v are the whole batch's (rotated qkv) in the
+    compute dtype (fp32, or float64 for float64)."""
+    total = rotated.shape[0]
+    q, k, v = rotated.to(torch.promote_types(rotated.dtype, torch.float32)).unbind(1)
+    for start in range(0, total, chunk):
+        end, lo = min(total, start + chunk), max(0, start - window)
+        hi = min(total, end + window)
+        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[lo:hi]) * scale
+        keys = torch.arange(lo, hi, device=rotated.device)
+        allowed = (keys >= bounds[0, start:end, None]) & (keys <= bounds[1, start:end, None])
+        yield start, end, lo, scores.masked_fill(~allowed, float("-inf")), q, k, v
+
+
+def _local_attention_forward(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor,
+                             window: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    total, _, heads, head_dim = qkv.shape
+    rotated = torch.empty_like(qkv, memory_format=torch.contiguous_format)  # saved for backward instead of qkv
+    out = qkv.new_empty((total, heads, head_dim))
+    # log2 of the sum of exp2(scaled scores * log2(e)); fp32 (float64 for float64 inputs)
+    lse = qkv.new_empty((heads, total), dtype=torch.promote_types(qkv.dtype, torch.float32))
+    if total == 0:
+        return out, lse, rotated
+    rotate_qk(qkv, cos, sin, rotated, copy_v=True, traced=True)
+    if local_attention_fits(qkv, cos):
+        block_m, block_n, warps = _LOCAL_ATTENTION_TILES["forward"]
+        if _launch_triton("local_attention", lambda: torch.library.wrap_triton(_local_attention_fwd_kernel)[
+            (triton.cdiv(total, block_m), heads)
+        ](
+            rotated, bounds, out, lse, total, rotated.stride(0), out.stride(0), QK_SCALE=scale * _LOG2E,
+            HEADS=heads, DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        )):
+            return out, lse, rotated
+    for start, end, lo, scores, _, _, v in _local_attention_chunks(rotated, bounds, window, scale):
+        chunk_lse = torch.logsumexp(scores, dim=-1)  # (heads, queries)
+        probs = torch.exp(scores - chunk_lse[..., None])
+        out[start:end] = torch.einsum("hqk,khd->qhd", probs, v[lo:lo + probs.shape[-1]]).to(out.dtype)
+        lse[:, start:end] = chunk_lse * _LOG2E
+    return out, lse, rotated
+
+
+def _local_attention_backward(grad_out: torch.Tensor, rotated: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                              cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor, window: int,
+                              scale: float) -> torch.Tensor:
+    total, _, heads, head_dim = rotated.shape
+    grad_qkv = torch.empty_like(rotated, memory_format=torch.contiguous_format)
+    if total == 0:
+        return grad_qkv
+    if (local_attention_fits(rotated, cos) and grad_out.stride(-1) == 1 and grad_out.stride(-2) == head_dim
+            and sin.stride() == cos.stride()):
+        delta = lse.new_empty((heads, total))  # rowsum(dO * O): written by the dq kernel, read by the dk/dv one
+        common = dict(QK_SCALE=scale * _LOG2E, SCALE=scale, HEADS=heads, DIM=head_dim)
+
+        def launch() -> None:
+            block_m, block_n, warps = _LOCAL_ATTENTION_TILES["dq"]
+            torch.library.wrap_triton(_local_attention_bwd_dq_kernel)[(triton.cdiv(total, block_m), heads)](
+                rotated, bounds, cos, sin, out, grad_out, lse, delta, grad_qkv, total, rotated.stride(0),
+                out.stride(0), grad_out.stride(0), grad_qkv.stride(0), cos.stride(0),
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **common,
+            )
+            block_m, block_n, warps = _LOCAL_ATTENTION_TILES["dkdv"]
+            torch.library.wrap_triton(_local_attention_bwd_dkdv_kernel)[(triton.cdiv(total, block_n), heads)](
+                rotated, bounds, cos, sin, grad_out, lse, delta, grad_qkv, total, rotated.stride(0),
+                grad_out.stride(0), grad_qkv.stride(0), cos.stride(0),
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **common,
+            )
+
+        if _launch_triton("local_attention_backward", launch):
+            return grad_qkv
+    dtype = torch.promote_types(rotated.dtype, torch.float32)
+    grad_out = grad_out.to(dtype)
+    delta = (grad_out * out.to(dtype)).sum(-1).t()  # (heads, total)
+    grad = torch.zeros((total, 3, heads, head_dim), dtype=dtype, device=rotated.device)  # of rotated q, k and v
+    for start, end, lo, scores, q, k, v in _local_attention_chunks(rotated, bounds, window, scale):
+        hi = lo + scores.shape[-1]
+        probs = torch.exp(scores - lse[:, start:end, None] / _LOG2E)
+        grad_scores = probs * (torch.einsum("qhd,khd->hqk", grad_out[start:end], v[lo:hi])
+                               - delta[:, start:end, None]) * scale
+        grad[start:end, 0] += torch.einsum("hqk,khd->qhd", grad_scores, k[lo:hi])
+        grad[lo:hi, 1] += torch.einsum("hqk,qhd->khd", grad_scores, q[start:end])
+        grad[lo:hi, 2] += torch.einsum("hqk,qhd->khd", probs, grad_out[start:end])
+    rotate_qk(grad, cos, sin, grad, inverse=True, copy_v=False)  # gradients of the unrotated q and k
+    grad_qkv.copy_(grad)
+    return grad_qkv
+
+
+def _register_local_attention_ops() -> None:
+    """`clinical_modernbert::local_attention` (with autograd) and `local_attention_backward`, once per process, as
+    `torch.library.triton_op`s (see `_register_geglu_ops`)."""
+    if hasattr(torch.ops.clinical_modernbert, "local_attention"):
+        return
+
+    def fake_forward(qkv, cos, sin, bounds, window, scale):
+        total, _, heads, head_dim = qkv.shape
+        lse = qkv.new_empty((heads, total), dtype=torch.promote_types(qkv.dtype, torch.float32))
+        return (qkv.new_empty((total, heads, head_dim)), lse,
+                torch.empty_like(qkv, memory_format=torch.contiguous_format))
+
+    forward_op = _define_op("clinical_modernbert::local_attention", _local_attention_forward, fake_forward)
+    backward_op = _define_op(
+        "clinical_modernbert::local_attention_backward", _local_attention_backward,
+        lambda grad_out, rotated, *args: torch.empty_like(rotated, memory_format=torch.contiguous_format),
+    )
+
+    def setup_context(ctx, inputs, output):
+        _, cos, sin, bounds, ctx.window, ctx.scale = inputs
+        out, lse, rotated = output
+        ctx.save_for_backward(rotated, out, lse, cos, sin, bounds)
+
+    def backward(ctx, grad_out, grad_lse, grad_rotated):
+        rotated, out, lse, cos, sin, bounds = ctx.saved_tensors
+        grad_qkv = backward_op(grad_out.contiguous(), rotated, out, lse, cos, sin, bounds, ctx.window, ctx.scale)
+        return grad_qkv, None, None, None, None, None
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+_register_local_attention_ops()
+
+
+def local_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor, window: int,
+                    scale: float) -> torch.Tensor:
+    """ModernBERT's local attention over packed documents, RoPE included: `(total, 3, heads, head_dim)` unrotated
+    qkv (the `Wqkv` output) -> `(total, heads, head_dim)`. Token i attends to tokens `bounds[0, i]` to `bounds[1,
+    i]` (`local_attention_bounds`: its document, at most `window` positions away); `cos`, `sin`: `(total, 1,
+    head_dim)`.
+
+    On CUDA (fp16/bf16, head_dim 32 or 64: ModernBERT's is 64) it is Triton kernels written for this window.
+    FlashAttention's tiles of 128 (or FA4's 192 x 128) keys visit 384 to 512 keys per query for the 129 a +-64
+    window needs. Here a block of 64 queries visits at most 192 keys, and the backward writes the gradient of the
+    unrotated qkv (dq and dk rotated back as they are stored) with no fp32 accumulator to zero and convert. RoPE
+    is one pass in the forward (`rotate_qk`), whose output is what backward keeps. Elsewhere torch code computes the
+    same, chunk by chunk.
+    """
+    return torch.ops.clinical_modernbert.local_attention(qkv, cos, sin, bounds, window, scale)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1097,14 +1429,16 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
 
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str,
-                        rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None) -> torch.Tensor:
+                        rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None,
+                        local_bounds: torch.Tensor | None = None) -> torch.Tensor:
     """A whole layer around a varlen attention op, one compiled graph.
 
     `torch.nn.attention.varlen` and our FlashAttention-4 wrappers are torch custom ops, so dynamo traces the layer
     around them: q, k and v come straight out of the fused norm/RoPE kernels (no stack/unbind copies), and their
     gradients go straight into `Wqkv`'s backward. In training with FA4, RoPE runs inside the op instead (see
-    `fa4_rotary_varlen_fwd`). One graph per layer also means one Python call per layer and direction, which keeps
-    the GPU fed.
+    `fa4_rotary_varlen_fwd`). `kernel="local"` (a local layer) runs `local_attention` over `local_bounds`, RoPE
+    inside, instead of the varlen kernel. One graph per layer also means one Python call per layer and direction,
+    which keeps the GPU fed.
 
     With `rows` (a global layer), only those tokens query: keys and values come from every token, and the output
     projection, residuals and MLP run on `rows` alone, which are returned.
@@ -1113,7 +1447,9 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     # Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
     # slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
     qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
-    if kernel == "flash-attn-4" and rows is None and torch.is_grad_enabled():  # RoPE inside the op (see there)
+    if kernel == "local":  # RoPE inside the op
+        out = local_attention(qkv, cos, sin, local_bounds, attn.local_window, attn.scale)
+    elif kernel == "flash-attn-4" and rows is None and torch.is_grad_enabled():  # RoPE inside the op (see there)
         out = torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd(
             qkv, cos, sin, cu_seqlens, max_seqlen, attn.scale, *attn.window_size, attn.deterministic)[0]
     else:
@@ -1171,7 +1507,11 @@ class ClinicalModernBertEncoderLayer(nn.Module):
                 cu_seqlens_rows = torch.searchsorted(rows, ctx.cu_seqlens.to(rows.dtype)).to(torch.int32)
                 return block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel, rows,
                              cu_seqlens_rows)
-            hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel)
+            if ctx.local_kernel and self.attn.local_window is not None:
+                hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, "local",
+                                      local_bounds=ctx.local_bounds)
+            else:
+                hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel)
         else:
             # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
             qkv = maybe_compiled(_qkv_block, ctx.compile, cuda_graphs=ctx.cuda_graphs)(
@@ -1381,9 +1721,15 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 and ctx.varlen_kernel != "flash-attn"  # flash_attn's kernels are no torch ops: the split path
                 and not (self.training and self.config.attention_dropout > 0)
             )
+        if ctx.fused_varlen and self.config.local_attention_kernel == "auto":
+            # head_dim 32 or 64 (`local_attention_fits`); fp16/bf16 holds already (varlen_possible)
+            ctx.local_kernel = triton is not None and self.config.head_dim in (32, 64)
+            if ctx.local_kernel:
+                ctx.local_bounds = local_attention_bounds(cu_seqlens, hidden_states.shape[0], self.config.local_window)
         if varlen_possible:
             _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
-                      + (", compiled with each layer" if ctx.fused_varlen else ""))
+                      + (", compiled with each layer" if ctx.fused_varlen else "")
+                      + ("; local layers: Triton local-attention kernels" if ctx.local_kernel else ""))
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             layer_rows = rows if index == last else None

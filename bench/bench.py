@@ -366,8 +366,8 @@ class RunSettings:
 
 # Config fields recorded with every result: what actually ran (missing fields are recorded as None).
 RECORDED_CONFIG_FIELDS = {
-    "ours": ("attention_backend", "compile_layers", "mlm_loss_chunk_size", "residual_dtype", "sparse_prediction",
-             "cuda_graphs", "num_hidden_layers"),
+    "ours": ("attention_backend", "local_attention_kernel", "compile_layers", "mlm_loss_chunk_size", "residual_dtype",
+             "sparse_prediction", "cuda_graphs", "num_hidden_layers"),
     "transformers": ("_attn_implementation", "sparse_prediction", "num_hidden_layers"),
 }
 

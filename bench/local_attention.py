@@ -2,6 +2,7 @@
 
     python -m bench.local_attention            # CUDA: times each kernel, forward + backward, one layer's shapes
     python -m bench.local_attention --check    # CPU: the block mask below equals the dense local/document mask
+    python -m bench.local_attention --ours     # CUDA: the model's own local-attention kernels (RoPE inside) vs FA4
 
 FlashAttention-2 (`torch.nn.attention.varlen`, `window_size=(64, 64)`) tiles queries and keys by 128, so a block of
 128 queries touches 3 key blocks (384 keys) for the 129 it needs. FlexAttention can skip blocks by a `BlockMask`;
@@ -186,6 +187,89 @@ def measure_flash_attn_4(name: str, q, k, v, grad_out, cu_seqlens, longest: int)
               f"ms; max |FA4 - FA2| out/dq/dk/dv {' '.join(f'{e:.4f}' for e in errors)}")
 
 
+def kernel_time_ms(fn, repeats: int = 10) -> float:
+    """GPU time of `fn`'s kernels (summed from a profile): no Python launch cost, which a compiled model does not
+    pay (called eagerly, our op launches its Triton kernels from Python)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [event for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(event.device_time_total for event in kernels) / repeats / 1e3
+
+
+# (BLOCK_M, BLOCK_N, warps) per kernel, tried by `--ours` (the model's defaults are `_LOCAL_ATTENTION_TILES`).
+OUR_TILES = {
+    "forward": [(64, 64, 4), (64, 64, 8), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
+    "dq": [(64, 64, 4), (64, 64, 8), (128, 64, 4), (128, 64, 8)],
+    "dkdv": [(64, 64, 4), (64, 64, 8), (64, 128, 4), (64, 128, 8), (128, 64, 8)],
+}
+
+
+def measure_ours(name: str, lengths: list[int]) -> None:
+    """The model's `local_attention` (RoPE inside) against the op it replaces on the local layers, FA4 with RoPE
+    inside (`fa4_rotary_varlen_fwd`, where installed), on the same packed qkv: errors, then kernel time per tile."""
+    import modeling_clinical_modernbert as modeling
+
+    tokens, heads, head_dim, scale = sum(lengths), 12, 64, 0.125
+    qkv = torch.randn(tokens, 3, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cu_seqlens = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
+    positions = torch.cat([torch.arange(n, device="cuda") for n in lengths])
+    cos, sin = modeling.ClinicalModernBertRotaryEmbedding(head_dim, 10000.0).cuda()(positions)
+    grad_out = torch.randn(tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    bounds = modeling.local_attention_bounds(cu_seqlens, tokens, WINDOW)
+    fa4 = None
+    if modeling.resolve_varlen_kernel("auto", qkv.device, head_dim, training_dropout=False) == "flash-attn-4":
+        fa4 = torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd
+
+    def run(kernel: str, backward: bool = True):
+        qkv.grad = None
+        if kernel == "FA4":
+            out = fa4(qkv, cos, sin, cu_seqlens, max(lengths), scale, WINDOW, WINDOW, False)[0]
+        else:
+            out = modeling.local_attention(qkv, cos, sin, bounds, WINDOW, scale)
+        if backward:
+            out.backward(grad_out)
+        return out
+
+    def no_grad(kernel: str):
+        with torch.no_grad():
+            run(kernel, backward=False)
+
+    print(f"{name}: {tokens} tokens in {len(lengths)} documents, local layer (+-{WINDOW}), RoPE inside, "
+          "kernel time per call (profiled)")
+    ours_out = run("ours").float()
+    ours_grad = qkv.grad.float()
+    if modeling._triton_failed:  # the op fell back to torch code: timing it would be meaningless
+        raise RuntimeError(f"Triton kernels failed: {modeling._triton_failed}")
+    if fa4 is not None:
+        fa4_out = run("FA4").float()
+        errors = [(ours_out - fa4_out).abs().max().item()]
+        errors += [(ours_grad[:, i] - qkv.grad[:, i].float()).abs().max().item() for i in range(3)]
+        forward, both = kernel_time_ms(partial(no_grad, "FA4")), kernel_time_ms(partial(run, "FA4"))
+        print(f"  FA4 + RoPE           forward {forward * 1e3:7.1f} us   backward {(both - forward) * 1e3:7.1f} us   "
+              f"total {both * 1e3:7.1f} us")
+        print(f"  max |ours - FA4| out/dq/dk/dv: {' '.join(f'{e:.4f}' for e in errors)}")
+    defaults = dict(modeling._LOCAL_ATTENTION_TILES)
+    for direction, tiles in OUR_TILES.items():
+        for tile in tiles:
+            modeling._LOCAL_ATTENTION_TILES.update(defaults, **{direction: tile})
+            forward, both = kernel_time_ms(partial(no_grad, "ours")), kernel_time_ms(partial(run, "ours"))
+            print(f"  ours, {direction:7s} {str(tile):13s} forward {forward * 1e3:7.1f} us   backward "
+                  f"{(both - forward) * 1e3:7.1f} us   total {both * 1e3:7.1f} us")
+    modeling._LOCAL_ATTENTION_TILES.update(defaults)
+
+
+def benchmark_ours() -> None:
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    for name in ("train-1024", "train-8192-x4"):
+        shape = SHAPES["cuda"][name]
+        measure_ours(name, sample_document_lengths(shape.rows, shape.seq_len, shape.padding, seed=0))
+
+
 def benchmark() -> None:
     flex = torch.compile(flex_attention, dynamic=False)
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
@@ -200,8 +284,13 @@ def benchmark() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="check the block mask on the CPU")
+    parser.add_argument("--ours", action="store_true",
+                        help="the model's local-attention kernels against FA4 with RoPE inside, per tile")
     args = parser.parse_args()
-    check_on_cpu() if args.check else benchmark()
+    if args.check:
+        check_on_cpu()
+    else:
+        benchmark_ours() if args.ours else benchmark()
 
 
 if __name__ == "__main__":

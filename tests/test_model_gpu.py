@@ -227,11 +227,18 @@ def test_attention_runs_once_per_layer_under_an_activation_memory_budget(budget,
         step()
         torch.cuda.synchronize()
     ops = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CPU]
+    # local layers: our Triton kernels, launched from inductor's code (no op call to count on the CPU side)
+    kernels = [event.name for event in profile.events() if event.device_type == torch.autograd.DeviceType.CUDA]
     names = {"torch": [("aten::_flash_attention_forward", "aten::_flash_attention_backward")],
              "flash-attn-4": [("clinical_modernbert::fa4_varlen_fwd", "clinical_modernbert::fa4_varlen_bwd"),
                               ("clinical_modernbert::fa4_rotary_varlen_fwd",
                                "clinical_modernbert::fa4_rotary_varlen_bwd")]}[kernel]
-    calls = tuple(sum(ops.count(pair[direction]) for pair in names) for direction in (0, 1))
+    calls = tuple(sum(ops.count(pair[direction]) for pair in names)
+                  + sum(name.startswith(("_local_attention_fwd", "_local_attention_bwd_dkdv")[direction])
+                        for name in kernels)
+                  for direction in (0, 1))
+    local_layers = config.layer_types.count("sliding_attention")
+    assert local_layers and sum(name.startswith("_local_attention_fwd") for name in kernels) == local_layers
     assert calls == (config.num_hidden_layers, config.num_hidden_layers)
 
 
@@ -259,6 +266,9 @@ def test_cuda_graphs_train_and_infer_like_the_plain_compiled_model(kernel, monke
         loss.backward()
         return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
 
+    from torch._dynamo.utils import counters
+
+    skips = counters["inductor"]["cudagraph_skips"]
     for inputs in batches + batches[:2]:  # the last two replay graphs recorded for the first two
         plain_loss, plain_grads = step(plain, inputs)
         graph_loss, graph_grads = step(graphs, inputs)
@@ -266,6 +276,8 @@ def test_cuda_graphs_train_and_infer_like_the_plain_compiled_model(kernel, monke
         for name, grad in plain_grads.items():
             assert (graph_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
     assert len(padded) == 6  # every training step of the graphs model, none of the plain one
+    # No graph ran without CUDA graphs (inductor skips them where a kernel writes a graph input, for instance)
+    assert counters["inductor"]["cudagraph_skips"] == skips
     assert any(key[0] is modeling._varlen_layer_block and key[2] for key in modeling._compiled_functions)
     plain.eval(), graphs.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -356,3 +368,72 @@ def test_triton_cross_entropy_kernel_matches_torch(shape, dtype):
     assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) <= 1e-4 * abs(expected.item())
     tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5
     assert (work.float() - reference.grad).abs().max() <= tolerance
+
+
+@pytest.mark.parametrize("head_dim", [64, 32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_local_attention_kernels_match_the_torch_code(dtype, head_dim):
+    """`local_attention`'s Triton kernels against its torch code (run on CPU copies, fp32 inside): output,
+    log-sum-exp and the unrotated qkv gradient, over documents shorter and longer than the window, documents that
+    straddle kernel blocks, and one-token documents."""
+    import modeling_clinical_modernbert as modeling
+
+    if modeling.triton is None:
+        pytest.skip("no Triton")
+    torch.manual_seed(13)
+    lengths = [1, 2, 64, 65, 129, 700, 17, 1, 300, 191]
+    heads = 768 // head_dim
+    qkv = torch.randn(sum(lengths), 3, heads, head_dim, device="cuda", dtype=dtype)
+    cu_seqlens = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
+    positions = torch.cat([torch.arange(n, device="cuda") for n in lengths])
+    cos, sin = modeling.ClinicalModernBertRotaryEmbedding(head_dim, 10000.0).cuda()(positions)
+    assert modeling.local_attention_fits(qkv, cos)
+    assert not modeling.local_attention_fits(qkv.new_empty(4, 3, 2, 128), cos)  # head_dim 128: torch code
+    bounds = modeling.local_attention_bounds(cu_seqlens, qkv.shape[0], 64)
+    settings = (64, head_dim**-0.5)
+    out, lse, rotated = modeling._local_attention_forward(qkv, cos, sin, bounds, *settings)
+    cpu = [x.cpu() for x in (cos, sin, bounds)]
+    expected_out, expected_lse, expected_rotated = modeling._local_attention_forward(qkv.cpu(), *cpu, *settings)
+    assert not modeling._triton_failed
+    torch.testing.assert_close(rotated.cpu().float(), expected_rotated.float(), rtol=1e-2, atol=1e-2)  # a rounding
+    assert (out.cpu().float() - expected_out.float()).norm() <= 1e-2 * expected_out.float().norm()
+    assert (lse.cpu() - expected_lse).abs().max() <= 2e-3
+    grad_out = torch.randn_like(out)
+    grad = modeling._local_attention_backward(grad_out, rotated, out, lse, cos, sin, bounds, *settings)
+    expected = modeling._local_attention_backward(grad_out.cpu(), rotated.cpu(), out.cpu(), lse.cpu(), *cpu,
+                                                  *settings)
+    assert not modeling._triton_failed
+    for part in range(3):  # dq, dk, dv
+        error = (grad[:, part].cpu().float() - expected[:, part].float()).norm()
+        assert error <= 2e-2 * expected[:, part].float().norm(), part
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_local_attention_kernel_trains_like_flash_attention(kernel):
+    """Compiled training with the local layers on our kernels (`local_attention_kernel="auto"`) against the same
+    step on FlashAttention (`"varlen"`): loss and every gradient; and the kernels did run."""
+    torch.manual_seed(14)
+    model = four_layer_model(compile_layers="on", varlen_kernel=require(kernel))
+    inputs = packed_mlm_inputs([700, 300, 65, 2, 129])
+
+    def step(local_kernel: str):
+        model.config.local_attention_kernel = local_kernel
+        model.zero_grad(set_to_none=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**inputs).loss
+            loss.backward()
+            torch.cuda.synchronize()
+        names = " ".join(event.name for event in profile.events())
+        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}, names
+
+    flash_loss, flash_grads, flash_kernels = step("varlen")
+    ours_loss, ours_grads, ours_kernels = step("auto")
+    import modeling_clinical_modernbert as modeling
+
+    assert not modeling._compile_failed  # the kernels ran inside the compiled layers, not in an eager fallback
+    assert "_local_attention_fwd_kernel" in ours_kernels and "_local_attention_bwd_dkdv_kernel" in ours_kernels
+    assert "_local_attention" not in flash_kernels
+    assert abs(ours_loss - flash_loss) <= 5e-3 * abs(flash_loss)
+    for name, grad in flash_grads.items():
+        assert (ours_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name

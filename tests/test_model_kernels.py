@@ -205,6 +205,53 @@ def packed_qkv(seed: int):
     return qkv, *rope_tables(positions), cu_seqlens, longest
 
 
+def local_attention_batch(lengths: list[int], dtype=torch.float64, seed: int = 12):
+    """Packed qkv `(total, 3, heads, head_dim)` for documents of `lengths`, with its RoPE tables and cu_seqlens."""
+    generator = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(sum(lengths), 3, 2, 8, generator=generator, dtype=dtype, requires_grad=True)
+    positions = [p for n in lengths for p in range(n)]
+    return qkv, *rope_tables(positions), torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+
+
+@pytest.mark.parametrize("chunk", [512, 7], ids=["one-chunk", "chunks"])
+def test_local_attention_op_is_rope_then_windowed_attention_within_documents(monkeypatch, chunk):
+    """`local_attention` (the local layers' op on CUDA; here its torch code, in query chunks as on a long batch)
+    against RoPE by `apply_rotary` and dense masked attention: forward, and gradients of the unrotated qkv
+    against autograd through the reference. Documents shorter and longer than the window, and of one token."""
+    chunks = modeling._local_attention_chunks
+    monkeypatch.setattr(modeling, "_local_attention_chunks", lambda *a, **k: chunks(*a, **k, chunk=chunk))
+    window = 4
+    qkv, cos, sin, cu_seqlens = local_attention_batch([13, 1, 3, 30])
+    bounds = modeling.local_attention_bounds(cu_seqlens, 47, window)
+    assert bounds.dtype == torch.int32 and bounds[:, 13].tolist() == [13, 13] and bounds[:, 20].tolist() == [17, 24]
+    out = modeling.local_attention(qkv, cos, sin, bounds, window, 8**-0.5)
+    q, k, v = qkv.unbind(1)
+    cos, sin = cos.double(), sin.double()
+    rotated_q, rotated_k = (x * cos + modeling.rotate_half(x) * sin for x in (q, k))  # apply_rotary, in float64
+    expected = dense_attention(rotated_q, rotated_k, v, cu_seqlens, window)
+    assert out.shape == (47, 2, 8) and torch.allclose(out, expected, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, qkv, grad_out)
+    (expected_grad,) = torch.autograd.grad(expected, qkv, grad_out)
+    assert grad.is_contiguous() and torch.allclose(grad, expected_grad, atol=1e-12)
+    assert not torch.allclose(grad[:, 2], torch.zeros_like(grad[:, 2]))
+
+
+def test_local_attention_backward_passes_gradcheck_and_opcheck():
+    """The hand-written backward of `local_attention` (RoPE's transpose included) against finite differences in
+    float64, and torch's op checks of both ops (fake tensors, autograd registration, compile tracing)."""
+    qkv, cos, sin, cu_seqlens = local_attention_batch([5, 1, 9])
+    bounds = modeling.local_attention_bounds(cu_seqlens, 15, 3)
+    cos, sin = cos.double(), sin.double()
+    assert torch.autograd.gradcheck(lambda x: modeling.local_attention(x, cos, sin, bounds, 3, 0.5), (qkv,))
+    qkv32 = qkv.detach().float().requires_grad_()
+    args = (cos.float(), sin.float(), bounds, 3, 0.5)
+    torch.library.opcheck(torch.ops.clinical_modernbert.local_attention, (qkv32, *args))
+    out, lse, rotated = (x.detach() for x in torch.ops.clinical_modernbert.local_attention(qkv32, *args))
+    torch.library.opcheck(torch.ops.clinical_modernbert.local_attention_backward,
+                          (torch.randn_like(out), rotated, out, lse, *args))
+
+
 @pytest.mark.parametrize("window", [4, -1], ids=["local", "global"])
 def test_flash_attn_4_rotary_op_is_rope_then_attention(reference_op, window):
     """The training op (RoPE inside, gradients written into one qkv buffer) against RoPE by `apply_rotary` and
@@ -343,6 +390,9 @@ def test_config_rejects_unknown_kernels_and_keeps_ours_out_of_native_configs():
     with pytest.raises(ValueError, match="varlen_kernel='fa5' must be one of"):
         tiny_config(varlen_kernel="fa5")
     assert "varlen_kernel" not in tiny_config(varlen_kernel="torch").to_modernbert_dict()
+    with pytest.raises(ValueError, match="local_attention_kernel='flash' must be one of"):
+        tiny_config(local_attention_kernel="flash")
+    assert "local_attention_kernel" not in tiny_config().to_modernbert_dict()
 
 
 def test_flash_attn_4_release_without_our_arguments_is_not_used(monkeypatch, caplog):

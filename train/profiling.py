@@ -10,7 +10,7 @@ from typing import Any
 
 KERNEL_GROUPS = {  # substring of a kernel name -> group; first match wins
     "nccl": "communication (NCCL)",
-    "flash": "attention", "fmha": "attention", "attn": "attention",
+    "flash": "attention", "fmha": "attention", "attn": "attention", "_local_attention": "attention",
     "gemm": "matmul", "sm90_xmma": "matmul", "cutlass": "matmul", "nvjet": "matmul", "cublas": "matmul",
     "triton": "fused elementwise (compiled)", "elementwise": "elementwise", "vectorized": "elementwise",
     "layer_norm": "normalisation", "reduce": "reductions", "index": "indexing/gather", "scatter": "indexing/gather",
@@ -35,9 +35,12 @@ def kernel_summary(events: Iterable[Any], steps: int) -> dict[str, Any]:
     for event in kernels:
         group = kernel_group(event.key)
         groups[group] = groups.get(group, 0.0) + event.self_device_time_total / 1e3 / steps
-    forward = sum(e.count for e in kernels if "flash_fwd" in e.key and "splitkv_combine" not in e.key)
-    # FA2: flash_bwd_dq_dk_dv_loop...; FA4: flash_bwd_sm90/sm100 (its pre- and postprocess kernels are separate)
-    backward = sum(e.count for e in kernels if "flash_bwd_dq_dk_dv" in e.key or "flash_bwd_sm" in e.key)
+    forward = sum(e.count for e in kernels if ("flash_fwd" in e.key and "splitkv_combine" not in e.key)
+                  or "_local_attention_fwd" in e.key)
+    # FA2: flash_bwd_dq_dk_dv_loop...; FA4: flash_bwd_sm90/sm100 (its pre- and postprocess kernels are separate);
+    # the model's local-attention kernels: one dq and one dk/dv kernel, counted once
+    backward = sum(e.count for e in kernels if "flash_bwd_dq_dk_dv" in e.key or "flash_bwd_sm" in e.key
+                   or "_local_attention_bwd_dkdv" in e.key)
     return {
         "kernel_ms_per_step": sum(groups.values()),
         "groups_ms_per_step": dict(sorted(groups.items(), key=lambda item: -item[1])),
