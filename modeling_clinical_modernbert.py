@@ -1116,7 +1116,8 @@ def geglu(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 
 _LOG2E = 1.4426950408889634
-# (BLOCK_M queries, BLOCK_N keys, warps) of each kernel.
+# (BLOCK_M queries, BLOCK_N keys, warps) per kernel: on an H100 the fastest of the tiles that
+# `python -m bench.local_attention --ours` tries (bench/results/2026-11-26k-h100/local_attention_ours.log).
 _LOCAL_ATTENTION_TILES = {"forward": (64, 64, 4), "dq": (64, 64, 4), "dkdv": (64, 64, 4)}
 
 
