@@ -1116,9 +1116,9 @@ def geglu(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 
 _LOG2E = 1.4426950408889634
-# (BLOCK_M queries, BLOCK_N keys, warps) per kernel: on an H100 the fastest of the tiles that
-# `python -m bench.local_attention --ours` tries (bench/results/2026-11-26k-h100/local_attention_ours.log).
-_LOCAL_ATTENTION_TILES = {"forward": (64, 64, 4), "dq": (64, 64, 4), "dkdv": (64, 64, 4)}
+# (BLOCK_M queries, BLOCK_N keys, warps, pipeline stages) per kernel: on an H100 the fastest of the tiles that
+# `python -m bench.local_attention --ours` tries (bench/results/2026-11-26k-h100/local_attention_*.log).
+_LOCAL_ATTENTION_TILES = {"forward": (64, 64, 4, 3), "dq": (64, 64, 4, 2), "dkdv": (32, 64, 4, 3)}
 
 
 def local_attention_fits(qkv: torch.Tensor, cos: torch.Tensor) -> bool:
@@ -1167,12 +1167,12 @@ def _local_attention_forward(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Te
         return out, lse, rotated
     rotate_qk(qkv, cos, sin, rotated, copy_v=True, traced=True)
     if local_attention_fits(qkv, cos):
-        block_m, block_n, warps = _LOCAL_ATTENTION_TILES["forward"]
+        block_m, block_n, warps, stages = _LOCAL_ATTENTION_TILES["forward"]
         if _launch_triton("local_attention", lambda: torch.library.wrap_triton(_local_attention_fwd_kernel)[
             (triton.cdiv(total, block_m), heads)
         ](
             rotated, bounds, out, lse, total, rotated.stride(0), out.stride(0), QK_SCALE=scale * _LOG2E,
-            HEADS=heads, DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+            HEADS=heads, DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
         )):
             return out, lse, rotated
     for start, end, lo, scores, _, _, v in _local_attention_chunks(rotated, bounds, window, scale):
@@ -1196,17 +1196,17 @@ def _local_attention_backward(grad_out: torch.Tensor, rotated: torch.Tensor, out
         common = dict(QK_SCALE=scale * _LOG2E, SCALE=scale, HEADS=heads, DIM=head_dim)
 
         def launch() -> None:
-            block_m, block_n, warps = _LOCAL_ATTENTION_TILES["dq"]
+            block_m, block_n, warps, stages = _LOCAL_ATTENTION_TILES["dq"]
             torch.library.wrap_triton(_local_attention_bwd_dq_kernel)[(triton.cdiv(total, block_m), heads)](
                 rotated, bounds, cos, sin, out, grad_out, lse, delta, grad_qkv, total, rotated.stride(0),
                 out.stride(0), grad_out.stride(0), grad_qkv.stride(0), cos.stride(0),
-                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **common,
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
             )
-            block_m, block_n, warps = _LOCAL_ATTENTION_TILES["dkdv"]
+            block_m, block_n, warps, stages = _LOCAL_ATTENTION_TILES["dkdv"]
             torch.library.wrap_triton(_local_attention_bwd_dkdv_kernel)[(triton.cdiv(total, block_n), heads)](
                 rotated, bounds, cos, sin, grad_out, lse, delta, grad_qkv, total, rotated.stride(0),
                 grad_out.stride(0), grad_qkv.stride(0), cos.stride(0),
-                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, **common,
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
             )
 
         if _launch_triton("local_attention_backward", launch):

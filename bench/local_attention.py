@@ -201,11 +201,11 @@ def kernel_time_ms(fn, repeats: int = 10) -> float:
     return sum(event.device_time_total for event in kernels) / repeats / 1e3
 
 
-# (BLOCK_M, BLOCK_N, warps) per kernel, tried by `--ours` (the model's defaults are `_LOCAL_ATTENTION_TILES`).
+# (BLOCK_M, BLOCK_N, warps, stages) per kernel, tried by `--ours` (the model's defaults: `_LOCAL_ATTENTION_TILES`).
 OUR_TILES = {
-    "forward": [(64, 64, 4), (64, 64, 8), (128, 64, 4), (128, 64, 8), (128, 128, 8)],
-    "dq": [(64, 64, 4), (64, 64, 8), (128, 64, 4), (128, 64, 8)],
-    "dkdv": [(64, 64, 4), (64, 64, 8), (64, 128, 4), (64, 128, 8), (128, 64, 8)],
+    "forward": [(64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 8, 3)],
+    "dq": [(64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2), (64, 32, 4, 3), (32, 64, 4, 2)],
+    "dkdv": [(32, 64, 4, 3), (64, 64, 4, 3), (32, 64, 4, 2), (16, 64, 4, 3), (32, 64, 2, 3), (32, 128, 4, 3)],
 }
 
 
