@@ -572,8 +572,8 @@ class AttentionContext:
     cuda_graphs: bool = False  # ... and replay them as CUDA graphs (static shapes: `pad_to_static_shapes`)
     fused_varlen: bool = False  # attention is a torch op (varlen or ours over FA4): compiled with the whole layer
     varlen_kernel: str = "torch"  # behind `flash_attention_2`: "flash-attn-4", "flash-attn" or "torch"
-    local_kernel: bool = False  # local layers of the fused varlen path run `local_attention`'s Triton kernels
-    local_bounds: torch.Tensor | None = None  # ... over these windows (`local_attention_bounds`)
+    # set: local layers of the fused varlen path run `local_attention`'s Triton kernels over these windows
+    local_bounds: torch.Tensor | None = None
     padding: DocumentPadding | None = None  # built lazily by the padded backends
     masks: dict | None = None
 
@@ -1119,12 +1119,14 @@ _LOG2E = 1.4426950408889634
 # (BLOCK_M queries, BLOCK_N keys, warps, pipeline stages) per kernel: on an H100 the fastest of the tiles that
 # `python -m bench.local_attention --ours` tries (bench/results/2026-11-26k-h100/local_attention_*.log).
 _LOCAL_ATTENTION_TILES = {"forward": (64, 64, 4, 3), "dq": (64, 64, 4, 2), "dkdv": (32, 64, 4, 3)}
+_LOCAL_ATTENTION_HEAD_DIMS = (32, 64)  # the kernels' tiles hold a whole head (ModernBERT's: 64)
 
 
 def local_attention_fits(qkv: torch.Tensor, cos: torch.Tensor) -> bool:
     """Whether the local-attention kernels run on this `(total, 3, heads, head_dim)` qkv (else torch code does)."""
     return (triton is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16) and qkv.dim() == 4
-            and qkv.shape[1] == 3 and _rows_of_heads(qkv) and qkv.shape[-1] in (32, 64) and cos.stride(-1) == 1)
+            and qkv.shape[1] == 3 and _rows_of_heads(qkv) and qkv.shape[-1] in _LOCAL_ATTENTION_HEAD_DIMS
+            and cos.stride(-1) == 1)
 
 
 def local_attention_bounds(cu_seqlens: torch.Tensor, total: int, window: int) -> torch.Tensor:
@@ -1508,7 +1510,7 @@ class ClinicalModernBertEncoderLayer(nn.Module):
                 cu_seqlens_rows = torch.searchsorted(rows, ctx.cu_seqlens.to(rows.dtype)).to(torch.int32)
                 return block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel, rows,
                              cu_seqlens_rows)
-            if ctx.local_kernel and self.attn.local_window is not None:
+            if ctx.local_bounds is not None and self.attn.local_window is not None:
                 hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, "local",
                                       local_bounds=ctx.local_bounds)
             else:
@@ -1722,15 +1724,13 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 and ctx.varlen_kernel != "flash-attn"  # flash_attn's kernels are no torch ops: the split path
                 and not (self.training and self.config.attention_dropout > 0)
             )
-        if ctx.fused_varlen and self.config.local_attention_kernel == "auto":
-            # head_dim 32 or 64 (`local_attention_fits`); fp16/bf16 holds already (varlen_possible)
-            ctx.local_kernel = triton is not None and self.config.head_dim in (32, 64)
-            if ctx.local_kernel:
-                ctx.local_bounds = local_attention_bounds(cu_seqlens, hidden_states.shape[0], self.config.local_window)
+        if (ctx.fused_varlen and self.config.local_attention_kernel == "auto" and triton is not None
+                and self.config.head_dim in _LOCAL_ATTENTION_HEAD_DIMS):  # fp16/bf16 holds already (varlen_possible)
+            ctx.local_bounds = local_attention_bounds(cu_seqlens, hidden_states.shape[0], self.config.local_window)
         if varlen_possible:
             _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
                       + (", compiled with each layer" if ctx.fused_varlen else "")
-                      + ("; local layers: Triton local-attention kernels" if ctx.local_kernel else ""))
+                      + ("; local layers: Triton local-attention kernels" if ctx.local_bounds is not None else ""))
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             layer_rows = rows if index == last else None
