@@ -1485,6 +1485,24 @@ def _embedding_block(embeddings: ClinicalModernBertEmbeddings, input_ids: torch.
     return hidden_states if dtype is None else hidden_states.to(dtype)
 
 
+def _batch_tables(rotary_emb: nn.ModuleDict, positions: torch.Tensor, cu_seqlens: torch.Tensor,
+                  local_window: int | None) -> tuple[torch.Tensor, ...]:
+    """What every layer reads about the batch: `cu_seqlens`, then (cos, sin) per RoPE of `rotary_emb`, then, given
+    `local_window`, the local-attention window table (`local_attention_bounds`).
+
+    Under CUDA graphs this runs as a graph of its own, so that its outputs live in the graphs' memory pool and each
+    layer's graph reads them in place. Made eagerly, they were inputs from outside the pool, which every layer's
+    graph copied into its own buffers before each replay: three copies per layer (cos and sin are 6 MB each at
+    train-1024), 66 per step for the base model.
+    """
+    tables = [cu_seqlens.clone()]
+    for rope in rotary_emb.values():
+        tables.extend(rope(positions))
+    if local_window is not None:
+        tables.append(local_attention_bounds(cu_seqlens, positions.shape[0], local_window))
+    return tuple(tables)
+
+
 class ClinicalModernBertEncoderLayer(nn.Module):
     def __init__(self, config: ClinicalModernBertConfig, layer_idx: int) -> None:
         super().__init__()
@@ -1699,13 +1717,8 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 hidden_states = hidden_states.index_select(0, output_rows)
             return self.final_norm(hidden_states), packed, all_hidden_states
 
-        ctx = AttentionContext(
-            cu_seqlens=cu_seqlens,
-            max_seqlen=max_seqlen,
-            rope={name: rope(positions) for name, rope in self.rotary_emb.items()},
-            compile=use_compile,
-            cuda_graphs=cuda_graphs,
-        )
+        ctx = AttentionContext(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, rope={}, compile=use_compile,
+                               cuda_graphs=cuda_graphs)
         compute_dtype = autocast_dtype or hidden_states.dtype
         varlen_possible = (
             self.config.attention_backend in ("auto", "flash_attention_2")
@@ -1724,9 +1737,14 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 and ctx.varlen_kernel != "flash-attn"  # flash_attn's kernels are no torch ops: the split path
                 and not (self.training and self.config.attention_dropout > 0)
             )
-        if (ctx.fused_varlen and self.config.local_attention_kernel == "auto" and triton is not None
-                and self.config.head_dim in _LOCAL_ATTENTION_HEAD_DIMS):  # fp16/bf16 holds already (varlen_possible)
-            ctx.local_bounds = local_attention_bounds(cu_seqlens, hidden_states.shape[0], self.config.local_window)
+        local_kernels = (ctx.fused_varlen and self.config.local_attention_kernel == "auto" and triton is not None
+                         and self.config.head_dim in _LOCAL_ATTENTION_HEAD_DIMS)  # fp16/bf16 holds (varlen_possible)
+        tables = maybe_compiled(_batch_tables, cuda_graphs, cuda_graphs=True)(
+            self.rotary_emb, positions, cu_seqlens, self.config.local_window if local_kernels else None)
+        ctx.cu_seqlens, *rope = tables[: 1 + 2 * len(self.rotary_emb)]
+        ctx.rope = {name: (rope[2 * i], rope[2 * i + 1]) for i, name in enumerate(self.rotary_emb)}
+        if local_kernels:
+            ctx.local_bounds = tables[-1]
         if varlen_possible:
             _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
                       + (", compiled with each layer" if ctx.fused_varlen else "")
