@@ -21,7 +21,7 @@ from bench.flops import (
     training_flops,
 )
 from configuration_clinical_modernbert import ClinicalModernBertConfig
-from modeling_clinical_modernbert import ClinicalModernBertModel
+from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM, ClinicalModernBertModel
 
 
 def tiny() -> ClinicalModernBertConfig:
@@ -264,3 +264,35 @@ def test_local_attention_block_mask_visits_exactly_the_needed_blocks():
     from bench.local_attention import check_on_cpu
 
     check_on_cpu()
+
+
+@pytest.mark.gpu
+def test_free_memory_gives_back_what_cuda_graphs_held():
+    """A model trained with `cuda_graphs=true` leaves its graphs' memory pool and its parameters behind in torch's
+    graph trees after it is deleted; the harness frees them before the next configuration (which otherwise ran out
+    of memory: transformers at train-8192-x4 after two graph models)."""
+    device = torch.device("cuda")
+    lengths = sample_document_lengths(4, 256, 0.25, seed=0)
+
+    def train_and_delete(**overrides) -> int:
+        """Three training steps (with graphs: warm-up, recording, replay); returns the parameters' bytes."""
+        config = ClinicalModernBertConfig.from_preset(
+            "tiny", attention_backend="flash_attention_2", hidden_size=256, intermediate_size=384,
+            num_attention_heads=4, local_attention=128, **overrides)
+        model = ClinicalModernBertForMaskedLM(config).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+        batch = build_batch(lengths, 256, config.vocab_size, config.pad_token_id, config.mask_token_id, seed=0)
+        inputs = batch.packed_inputs("cuda", with_labels=True)
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model(**inputs).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    train_and_delete(compile_layers="off")  # what stays for the process (cuBLAS workspaces, ...) is the baseline
+    bench.free_memory(device)
+    before = torch.cuda.memory_allocated()
+    parameters = train_and_delete(compile_layers="on", cuda_graphs=True)
+    bench.free_memory(device, cuda_graphs=True)
+    assert torch.cuda.memory_allocated() - before < parameters / 10
