@@ -1,6 +1,7 @@
 """Where the time of one training step of ours goes: a torch.profiler table of the costliest CUDA kernels.
 
-    python -m bench.profile_step --geometry base --shape train-1024 [--ours-config compile_layers=off]
+    python -m bench.profile_step --geometry base --shape train-1024 [--ours-config compile_layers=off] \
+        [--trace step.json.gz]
 
 Prints the step time with and without `torch.compile` of the blocks around attention, then the kernel table of the
 configuration given, grouped into matmuls, attention, elementwise/normalisation and the rest.
@@ -22,6 +23,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench import SHAPES, _parse_override, build_ours, geometry_config  # noqa: E402
 from bench.data import build_batch, sample_document_lengths  # noqa: E402
+from bench.timeline import STEP_NAME, format_timelines, load_trace, step_timelines  # noqa: E402
 from train.profiling import kernel_summary  # noqa: E402
 
 
@@ -66,6 +68,8 @@ def main() -> None:
     parser.add_argument("--ours-config", type=_parse_override, action="append", default=[])
     parser.add_argument("--top", type=int, default=20, help="how many of the costliest kernels to list")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--trace", type=Path, help="also write a Chrome trace (.json or .json.gz) of the profiled "
+                        "steps, CPU side included, and print their timelines (see bench/timeline.py)")
     args = parser.parse_args()
     overrides = dict(args.ours_config)
 
@@ -81,11 +85,21 @@ def main() -> None:
     step, tokens = make_step({"compile_layers": "on", **overrides}, args.geometry, args.shape)
     time_step(step, warmup=5, steps=1)
     steps = 3
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    if args.trace:  # the CPU side too: which launch each kernel waited for (bench.timeline)
+        activities.append(torch.profiler.ProfilerActivity.CPU)
+    with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(steps):
-            step()
+            with torch.profiler.record_function(STEP_NAME):
+                step()
         torch.cuda.synchronize()
-    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if args.trace:
+        profiler.export_chrome_trace(str(args.trace))  # gzipped for a .gz name
+        print(f"\nstep timelines ({args.trace}; bench/timeline.py):")
+        print(format_timelines(step_timelines(load_trace(args.trace))))
+    # kernels only: ranges (our train_step, the optimizer's) also show on the device side as annotations
+    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+              and not getattr(e, "is_user_annotation", False)]
     summary = kernel_summary(events, steps)
     total = summary["kernel_ms_per_step"] or 1.0
     print(f"\nGPU time by kernel group ({steps} steps, compile_layers=on, {total:.1f} ms of kernels per step; "

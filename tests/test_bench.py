@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 
 import pytest
 import torch
 
-from bench import bench
+from bench import bench, timeline
 from bench.data import build_batch, padding_fraction, sample_document_lengths
 from bench.flops import (
     attention_macs,
@@ -296,3 +297,57 @@ def test_free_memory_gives_back_what_cuda_graphs_held():
     parameters = train_and_delete(compile_layers="on", cuda_graphs=True)
     bench.free_memory(device, cuda_graphs=True)
     assert torch.cuda.memory_allocated() - before < parameters / 10
+
+
+def _trace_events(step_ranges: list[tuple[float, float]]) -> list[dict]:
+    """A torch.profiler Chrome trace by hand: launches (CPU) and their device events, times in us."""
+    def launch(name, ts, dur, correlation):
+        return {"ph": "X", "cat": "cuda_runtime", "name": name, "ts": ts, "dur": dur,
+                "args": {"correlation": correlation}}
+
+    def device(cat, name, ts, dur, correlation):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"correlation": correlation}}
+
+    events = [{"ph": "X", "cat": "user_annotation", "name": "train_step", "ts": start, "dur": end - start}
+              for start, end in step_ranges]
+    events += [
+        launch("cudaLaunchKernel", 10, 5, 1), device("kernel", "a", 16, 10, 1),  # 16-26
+        launch("cudaGraphLaunch", 20, 5, 2), device("kernel", "b", 26, 20, 2),  # 26-46, no gap
+        launch("cudaLaunchKernel", 30, 5, 6), device("kernel", "c", 30, 10, 6),  # overlaps b: busy counts once
+        launch("cudaLaunchKernel", 60, 5, 3), device("kernel", "d", 66, 10, 3),  # idle 46-66, launched at 65: 19 CPU
+        launch("cudaMemcpyAsync", 70, 2, 4), device("gpu_memcpy", "Memcpy DtoD", 80, 4, 4),  # idle 4, the device's
+        launch("cudaMemsetAsync", 85, 1, 5), device("gpu_memset", "Memset", 90, 2, 5),  # idle 6, 2 waiting for CPU
+        launch("cudaLaunchKernel", 500, 5, 7), device("kernel", "outside", 600, 5, 7),  # in no step
+    ]
+    return events
+
+
+def test_timeline_splits_idle_time_into_waiting_for_the_cpu_and_the_devices_own(tmp_path):
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as handle:
+        json.dump({"traceEvents": _trace_events([(0, 100)])}, handle)
+    (step,) = timeline.step_timelines(timeline.load_trace(path))
+    assert step.device_events == 6  # the kernel launched after the step is not in it
+    assert step.span_ms == pytest.approx(0.076)  # 16 .. 92
+    assert step.busy_ms == pytest.approx(0.046)  # 10 + 20 + 10 + 4 + 2 (c overlaps b)
+    assert step.idle_ms == pytest.approx(0.030)  # 20 + 4 + 6
+    assert step.idle_waiting_for_cpu_ms == pytest.approx(0.021)  # 19 + 2
+    assert (step.copies, step.copies_ms, step.memsets, step.memsets_ms) == (1, pytest.approx(0.004), 1,
+                                                                            pytest.approx(0.002))
+    assert step.cpu_lead_ms == pytest.approx(0.005)  # the memset ran 5 us after its launch began
+    table = timeline.format_timelines([step])
+    assert table.splitlines()[1].split()[:5] == ["0", "0.08", "0.05", "0.03", "0.02"]
+
+
+def test_timeline_steps_by_boundary_ranges_and_clear_errors(tmp_path):
+    events = _trace_events([])
+    events += [{"ph": "X", "cat": "user_annotation", "name": "Optimizer.zero_grad#AdamW.zero_grad", "ts": ts,
+                "dur": 1} for ts in (0, 62, 1000)]
+    first, second = timeline.step_timelines(events, boundary="Optimizer.zero_grad#AdamW.zero_grad")
+    assert (first.device_events, second.device_events) == (4, 3)  # launched in 1..63 and 63..1001
+    with pytest.raises(ValueError, match="record_function\\('train_step'\\)"):
+        timeline.step_timelines(events)
+    path = tmp_path / "not_a_trace.json"
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="not_a_trace.json: no 'traceEvents'"):
+        timeline.load_trace(path)
