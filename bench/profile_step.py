@@ -23,8 +23,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench import SHAPES, _parse_override, build_ours, geometry_config  # noqa: E402
 from bench.data import build_batch, sample_document_lengths  # noqa: E402
-from bench.timeline import STEP_NAME, format_timelines, load_trace, step_timelines  # noqa: E402
-from train.profiling import kernel_summary  # noqa: E402
+from train.profiling import STEP_NAME, format_timelines, kernel_summary, load_trace, step_timelines  # noqa: E402
 
 
 def make_step(overrides: dict, geometry: str, shape_name: str):

@@ -30,6 +30,7 @@ from train.config import ConfigError, load_config
 from train.demo_check import icd10cm_descriptions, make_masked_examples, unigram_top_words
 from train.model_card import ModelCardInfo, card_metadata
 from train.plots import loss_series
+from train.profiling import step_windows
 from train.run import build_model, compute_mlm_metrics, last_complete_checkpoint, masked_logits_and_targets, run
 from train.tokenizer import TokenizerUnavailableError, load_tokenizer
 
@@ -184,10 +185,22 @@ def test_profile_steps_write_a_trace_and_a_summary(corpus_dir, tmp_path):
     profile = tmp_path / "model-checkpoints" / "profile"
     trace = json.loads((profile / "trace.json").read_text())
     assert any(event.get("name") == "aten::mm" for event in trace["traceEvents"])  # the step's matmuls were seen
+    windows = step_windows(trace["traceEvents"])  # each profiled step is a range, for bench/timeline.py
+    assert len(windows) == 2 and windows[0][1] <= windows[1][0]
     summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())["profile"]
     assert summary["steps"] == 2 and summary["wall_ms_per_step"] > 0
     assert "Self CPU" in (profile / "summary.txt").read_text()
     assert not (result.output_dir / "profile").exists()  # never inside the Hub folder
+
+
+@pytest.mark.gpu
+def test_profile_steps_on_cuda_split_the_gpu_idle_time(corpus_dir, tmp_path):
+    """On CUDA the profile also times the GPU's idle time per step and how much of it waited for the CPU."""
+    run(_config(corpus_dir, tmp_path, max_steps="4", profile_steps="2-3", eval_on_start="false"))
+    summary = json.loads((tmp_path / "model" / "training_summary.json").read_text())["profile"]
+    assert summary["gpu_kernel_ms_per_step"] > 0
+    assert 0 <= summary["gpu_idle_waiting_for_cpu_ms_per_step"] <= summary["gpu_idle_ms_per_step"]
+    assert "step timelines" in (tmp_path / "model-checkpoints" / "profile" / "summary.txt").read_text()
 
 
 @pytest.mark.parametrize("value", ["3", "0-2", "5-4", "a-b"])

@@ -37,7 +37,14 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 from train.config import ConfigError, TrainConfig
 from train.masking import IGNORE_INDEX, MaskingScheduleCallback, PackedMLMCollator
 from train.packing import PackReport, corpus_fingerprint, fill_corpus_report_tokens, pack_corpus
-from train.profiling import kernel_summary
+from train.profiling import (
+    STEP_NAME,
+    StepTimeline,
+    format_timelines,
+    kernel_summary,
+    load_trace,
+    step_timelines,
+)
 from train.tokenizer import (
     MODERNBERT_TOKENIZER_ID,
     check_tokenizer_matches_config,
@@ -376,16 +383,19 @@ class GarbageCollectionCallback(TrainerCallback):
 class ProfilerCallback(TrainerCallback):
     """`torch.profiler` over optimizer steps `first..last` of the main process: where the Trainer's step goes.
 
-    Writes `trace.json` (open it in Perfetto or chrome://tracing) and `summary.txt` (top operators by device and
-    by CPU time) to `out_dir`, and logs the wall time per step against the GPU kernel time per step: a GPU busy
-    share well under 100% means the step waits on the host (Python, data loading, synchronisations).
+    Writes `trace.json` (open it in Perfetto or chrome://tracing; each step is a `train_step` range) and
+    `summary.txt` (top operators by device and by CPU time) to `out_dir`, and logs the wall time per step against
+    the GPU kernel time per step: a GPU busy share well under 100% means the step waits on the host (Python, data
+    loading, synchronisations). On CUDA, the summary also has each step's timeline (`bench/timeline.py`): how much
+    of the GPU's idle time waited for the CPU to launch work, and how much was the GPU's own.
     """
 
     def __init__(self, out_dir: str | os.PathLike, first: int, last: int) -> None:
         self.out_dir, self.first, self.last = Path(out_dir), first, last
         self.profiler: torch.profiler.profile | None = None
+        self.step_range: torch.profiler.record_function | None = None
         self.started_at = 0.0
-        self.summary: dict[str, float] | None = None
+        self.summary: dict[str, Any] | None = None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.profiler is None and self.summary is None and state.global_step + 1 == self.first \
@@ -397,8 +407,14 @@ class ProfilerCallback(TrainerCallback):
             self.profiler = torch.profiler.profile(activities=activities)
             self.profiler.__enter__()
             self.started_at = time.perf_counter()
+        if self.profiler is not None:
+            self.step_range = torch.profiler.record_function(STEP_NAME)
+            self.step_range.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.step_range is not None:
+            self.step_range.__exit__(None, None, None)
+            self.step_range = None
         if self.profiler is None or state.global_step < self.last:
             return
         if torch.cuda.is_available():
@@ -414,16 +430,35 @@ class ProfilerCallback(TrainerCallback):
                         "groups_ms_per_step": kernels["groups_ms_per_step"],
                         "attention_calls_per_step": kernels["attention_calls_per_step"]}
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.profiler.export_chrome_trace(str(self.out_dir / "trace.json"))
+        trace = self.out_dir / "trace.json"
+        self.profiler.export_chrome_trace(str(trace))
+        timelines = self._timelines(trace) if torch.cuda.is_available() else None
+        if timelines:
+            self.summary["gpu_idle_ms_per_step"] = sum(t.idle_ms for t in timelines) / len(timelines)
+            self.summary["gpu_idle_waiting_for_cpu_ms_per_step"] = (
+                sum(t.idle_waiting_for_cpu_ms for t in timelines) / len(timelines))
         tables = [json.dumps(self.summary, indent=2)]
+        if timelines:
+            tables.append("step timelines (bench/timeline.py):\n" + format_timelines(timelines))
         if torch.cuda.is_available():
             tables.append(events.table(sort_by="self_device_time_total", row_limit=40))
         tables.append(events.table(sort_by="self_cpu_time_total", row_limit=40))
         (self.out_dir / "summary.txt").write_text("\n\n".join(tables) + "\n")
-        logger.info("profile of steps %d-%d: %.1f ms/step wall, %.1f ms/step of GPU kernels (GPU busy %.0f%%); "
+        waiting = (f", {self.summary['gpu_idle_waiting_for_cpu_ms_per_step']:.1f} ms/step of GPU idle waiting for "
+                   "the CPU" if timelines else "")
+        logger.info("profile of steps %d-%d: %.1f ms/step wall, %.1f ms/step of GPU kernels (GPU busy %.0f%%)%s; "
                     "trace and summary in %s", self.first, self.last, self.summary["wall_ms_per_step"],
-                    self.summary["gpu_kernel_ms_per_step"], 100 * self.summary["gpu_busy"], self.out_dir)
+                    self.summary["gpu_kernel_ms_per_step"], 100 * self.summary["gpu_busy"], waiting, self.out_dir)
         self.profiler = None
+
+    @staticmethod
+    def _timelines(trace: Path) -> list[StepTimeline] | None:
+        """The profiled steps' timelines, or None (logged) where the trace has none, e.g. a model on the CPU."""
+        try:
+            return step_timelines(load_trace(trace))
+        except ValueError as error:
+            logger.warning("no step timelines from %s: %s", trace, error)
+            return None
 
 
 def compute_mlm_metrics(eval_prediction: Any) -> dict[str, float]:
