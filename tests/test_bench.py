@@ -351,3 +351,6 @@ def test_timeline_steps_by_boundary_ranges_and_clear_errors(tmp_path):
     path.write_text("[]")
     with pytest.raises(ValueError, match="not_a_trace.json: no 'traceEvents'"):
         timeline.load_trace(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="not_a_trace.json: not JSON"):
+        timeline.load_trace(path)

@@ -64,6 +64,8 @@ STEP_NAME = "train_step"
 
 @dataclass
 class StepTimeline:
+    """One step's device timeline, in milliseconds (`bench/timeline.py` explains each field)."""
+
     span_ms: float
     busy_ms: float
     idle_ms: float
@@ -81,7 +83,10 @@ def load_trace(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as handle:
-        trace = json.load(handle)
+        try:
+            trace = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not JSON ({error}): not a Chrome trace of torch.profiler") from error
     events = trace.get("traceEvents") if isinstance(trace, dict) else None
     if not isinstance(events, list):
         raise ValueError(f"{path}: no 'traceEvents' list: not a Chrome trace of torch.profiler")
