@@ -1495,7 +1495,7 @@ def _batch_tables(rotary_emb: nn.ModuleDict, positions: torch.Tensor, cu_seqlens
     graph copied into its own buffers before each replay: three copies per layer (cos and sin are 6 MB each at
     train-1024), 66 per step for the base model.
     """
-    tables = [cu_seqlens.clone()]
+    tables = [cu_seqlens.clone()]  # a copy: as the graph's own output it lives in the pool too (an input would not)
     for rope in rotary_emb.values():
         tables.extend(rope(positions))
     if local_window is not None:
