@@ -232,7 +232,7 @@ def free_memory(device: torch.device, cuda_graphs: bool = False) -> None:
     after two models with graphs had run. The reset also drops compiled code, so the next configuration compiles
     afresh (its first step, reported apart, takes longer; the timed steps do not change).
     """
-    if cuda_graphs and device.type == "cuda" and hasattr(torch, "compiler") and hasattr(torch.compiler, "reset"):
+    if cuda_graphs and device.type == "cuda":
         torch.compiler.reset()
     gc.collect()
     if device.type == "cuda":
@@ -473,8 +473,8 @@ def run(geometries: list[str], shapes: dict[str, ShapeSpec], models: list[str], 
                               "status": "skipped", "error": "time budget (--max-minutes) used up"}
                 else:
                     result = run_config(name, spec, label, config, weights, shape_name, shape, batch, settings)
-                    overrides = result.get("config_overrides", {})
-                    free_memory(settings.device, cuda_graphs=overrides.get("cuda_graphs") in (True, "true"))
+                    graphs = result.get("config_overrides", {}).get("cuda_graphs") is True
+                    free_memory(settings.device, cuda_graphs=graphs)
                 results.append(result)
                 add_speedups(results)
                 speed = f"{result['tokens_per_s']:,.0f} tok/s" if result["status"] == "ok" else result["status"]

@@ -32,14 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from train.profiling import (  # noqa: E402,F401 - the timeline API, re-exported for `bench.timeline` users
-    STEP_NAME,
-    StepTimeline,
-    format_timelines,
-    load_trace,
-    step_timelines,
-    step_windows,
-)
+from train.profiling import format_timelines, load_trace, step_timelines  # noqa: E402 - the logic lives there
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from bench.flops import (
 )
 from configuration_clinical_modernbert import ClinicalModernBertConfig
 from modeling_clinical_modernbert import ClinicalModernBertForMaskedLM, ClinicalModernBertModel
+from train.profiling import load_trace, step_timelines
 
 
 def tiny() -> ClinicalModernBertConfig:
@@ -322,11 +323,11 @@ def _trace_events(step_ranges: list[tuple[float, float]]) -> list[dict]:
     return events
 
 
-def test_timeline_splits_idle_time_into_waiting_for_the_cpu_and_the_devices_own(tmp_path):
+def test_timeline_splits_idle_time_into_waiting_for_the_cpu_and_the_devices_own(tmp_path, capsys):
     path = tmp_path / "trace.json.gz"
     with gzip.open(path, "wt") as handle:
         json.dump({"traceEvents": _trace_events([(0, 100)])}, handle)
-    (step,) = timeline.step_timelines(timeline.load_trace(path))
+    (step,) = step_timelines(load_trace(path))
     assert step.device_events == 6  # the kernel launched after the step is not in it
     assert step.span_ms == pytest.approx(0.076)  # 16 .. 92
     assert step.busy_ms == pytest.approx(0.046)  # 10 + 20 + 10 + 4 + 2 (c overlaps b)
@@ -335,22 +336,22 @@ def test_timeline_splits_idle_time_into_waiting_for_the_cpu_and_the_devices_own(
     assert (step.copies, step.copies_ms, step.memsets, step.memsets_ms) == (1, pytest.approx(0.004), 1,
                                                                             pytest.approx(0.002))
     assert step.cpu_lead_ms == pytest.approx(0.005)  # the memset ran 5 us after its launch began
-    table = timeline.format_timelines([step])
-    assert table.splitlines()[1].split()[:5] == ["0", "0.08", "0.05", "0.03", "0.02"]
+    timeline.main([str(path)])  # the command prints the table
+    assert capsys.readouterr().out.splitlines()[1].split()[:5] == ["0", "0.08", "0.05", "0.03", "0.02"]
 
 
 def test_timeline_steps_by_boundary_ranges_and_clear_errors(tmp_path):
     events = _trace_events([])
     events += [{"ph": "X", "cat": "user_annotation", "name": "Optimizer.zero_grad#AdamW.zero_grad", "ts": ts,
                 "dur": 1} for ts in (0, 62, 1000)]
-    first, second = timeline.step_timelines(events, boundary="Optimizer.zero_grad#AdamW.zero_grad")
+    first, second = step_timelines(events, boundary="Optimizer.zero_grad#AdamW.zero_grad")
     assert (first.device_events, second.device_events) == (4, 3)  # launched in 1..63 and 63..1001
     with pytest.raises(ValueError, match="record_function\\('train_step'\\)"):
-        timeline.step_timelines(events)
+        step_timelines(events)
     path = tmp_path / "not_a_trace.json"
     path.write_text("[]")
     with pytest.raises(ValueError, match="not_a_trace.json: no 'traceEvents'"):
-        timeline.load_trace(path)
+        load_trace(path)
     path.write_text("{")
     with pytest.raises(ValueError, match="not_a_trace.json: not JSON"):
-        timeline.load_trace(path)
+        load_trace(path)
