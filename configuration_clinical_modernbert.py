@@ -30,6 +30,7 @@ logger = logging.get_logger(__name__)
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
 VARLEN_KERNELS = ("auto", "flash-attn-4", "flash-attn", "torch")
 LOCAL_ATTENTION_KERNELS = ("auto", "varlen")
+LINEAR_KERNELS = ("auto", "quack", "torch")
 COMPILE_MODES = ("auto", "on", "off")
 RESIDUAL_DTYPES = ("float32", "autocast")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -120,6 +121,15 @@ class ClinicalModernBertConfig(PretrainedConfig):
             modeling file: RoPE inside, a 64-query block visits at most 192 keys), wherever they run (CUDA, Triton,
             fp16/bf16, head_dim 32 or 64, no attention dropout in training); `"varlen"`: `varlen_kernel`'s
             FlashAttention, as in the global layers.
+        linear_kernel (`str`, defaults to `"auto"`): the GEMMs of the encoder layers in training on the compiled
+            varlen path. `"quack"`: GEMMs from the `quack-kernels` package (which `flash-attn-4` installs; CuTe DSL,
+            Hopper and Blackwell GPUs) with fused epilogues: the MLP's `Wi` applies GeGLU (exact GELU) as it writes,
+            its backward applies GeGLU's derivative and recomputes GeGLU's output instead of storing it, and both
+            output projections add the residual; weight and input gradients stay on cuBLAS. Needs exact GELU, no
+            biases in the layers and the residual stream in the autocast dtype. `"torch"`: cuBLAS and this model's
+            Triton GeGLU op. `"auto"`: `"quack"` where it runs and the layers replay CUDA graphs (`cuda_graphs=True`;
+            launched from Python, quack's calls cost more CPU time than a step without graphs can hide), else
+            `"torch"`.
         compile_layers (`str`, defaults to `"auto"`): run the blocks around attention (norms, projections, RoPE,
             GeGLU, residuals; with torch's varlen kernel the whole layer) through `torch.compile`: `"auto"` on CUDA
             with Triton installed (the first batch then takes some seconds to compile), `"on"` always (needs a
@@ -194,6 +204,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         attention_backend: str = "auto",
         varlen_kernel: str = "auto",
         local_attention_kernel: str = "auto",
+        linear_kernel: str = "auto",
         compile_layers: str = "auto",
         mlm_loss_chunk_size: int = 2048,
         residual_dtype: str = "autocast",
@@ -263,6 +274,7 @@ class ClinicalModernBertConfig(PretrainedConfig):
         self.attention_backend = attention_backend
         self.varlen_kernel = varlen_kernel
         self.local_attention_kernel = local_attention_kernel
+        self.linear_kernel = linear_kernel
         self.compile_layers = compile_layers
         self.mlm_loss_chunk_size = mlm_loss_chunk_size
         self.residual_dtype = residual_dtype
@@ -322,6 +334,8 @@ class ClinicalModernBertConfig(PretrainedConfig):
         if self.local_attention_kernel not in LOCAL_ATTENTION_KERNELS:
             raise ValueError(f"local_attention_kernel={self.local_attention_kernel!r} must be one of "
                              f"{LOCAL_ATTENTION_KERNELS}")
+        if self.linear_kernel not in LINEAR_KERNELS:
+            raise ValueError(f"linear_kernel={self.linear_kernel!r} must be one of {LINEAR_KERNELS}")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers={self.num_hidden_layers}"
@@ -374,9 +388,9 @@ class ClinicalModernBertConfig(PretrainedConfig):
         """Keyword arguments for `transformers.ModernBertConfig`, understood by 4.48 and 5.x alike."""
         values = self.to_dict()
         for key in ("model_type", "architectures", "auto_map", "attention_backend", "varlen_kernel", "layer_types",
-                    "local_attention_kernel", "compile_layers", "mlm_loss_chunk_size", "residual_dtype",
-                    "activation_memory_budget", "cuda_graphs", "transformers_version", "_name_or_path",
-                    "mask_token_id"):
+                    "local_attention_kernel", "linear_kernel", "compile_layers", "mlm_loss_chunk_size",
+                    "residual_dtype", "activation_memory_budget", "cuda_graphs", "transformers_version",
+                    "_name_or_path", "mask_token_id"):
             values.pop(key, None)
         if self.global_attn_every_n_layers is None:
             raise ValueError("this layer_types pattern cannot be expressed as a native ModernBERT config")

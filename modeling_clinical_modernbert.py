@@ -234,6 +234,199 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
     rotary_forward_op.register_autograd(rotary_autograd_backward, setup_context=rotary_setup_context)
 
 
+# quack-kernels (Tri Dao's CuTe DSL kernels, installed with flash-attn-4): GEMMs with fused epilogues
+QUACK_GEGLU = "clinical_modernbert_geglu_erf"  # our exact-GELU GeGLU among quack's gated activations
+_QUACK_NEEDS = {
+    "quack.activation": ("gelu_erf", "dgelu_erf", "gate_fn_map", "dgate_fn_map"),
+    "quack.gemm_interface": ("gemm", "gemm_gated", "gemm_dgated", "gemm_add", "gated_to_pytorch_fn_map"),
+    "quack.gemm_config": ("GemmConfig",),
+}
+# quack's backward GEMM with GeGLU's gradient, pinned on Hopper: its untuned default took 309 against 145 us at
+# train-1024 on an H100, and its autotuner re-tunes for every new token count (`python -m bench.quack_mlp
+# --autotune`, BENCHMARKS.md). The two forward GEMMs run fastest untuned.
+_QUACK_DGATED_CONFIG_SM90 = dict(tile_m=128, tile_n=128, pingpong=True, is_dynamic_persistent=False, cluster_m=2,
+                                 cluster_n=1, device_capacity=9)
+_quack_state: bool | None = None  # None: not tried yet
+
+
+def quack_gemms_available() -> bool:
+    """True when `quack-kernels` imports with the GEMMs the layers call, and our exact-GELU GeGLU and the ops over
+    them (`clinical_modernbert::quack_linear`, `geglu_mlp`) are registered (tried once; imports the CuTe DSL
+    compiler)."""
+    global _quack_state
+    if _quack_state is None:
+        _quack_state = False
+        if importlib.util.find_spec("quack") is None:
+            return False
+        try:
+            import cutlass.cute as cute
+            from cutlass import const_expr
+            from cutlass.cutlass_dsl import dsl_user_op
+            from quack import activation, gemm_config, gemm_interface
+        except Exception as error:  # a broken install must not break the model
+            logger.warning(f"quack-kernels is installed but failed to import ({error}); the layers use cuBLAS")
+            return False
+        modules = {"quack.activation": activation, "quack.gemm_interface": gemm_interface,
+                   "quack.gemm_config": gemm_config}
+        missing = [f"{module}.{name}" for module, names in _QUACK_NEEDS.items() for name in names
+                   if not hasattr(modules[module], name)]
+        if missing:
+            logger.warning(f"this quack-kernels release has no {', '.join(missing)}; the layers use cuBLAS")
+            return False
+        _register_quack_geglu(activation, gemm_interface, cute, const_expr, dsl_user_op)
+        _register_quack_ops(gemm_interface, gemm_config.GemmConfig(**_QUACK_DGATED_CONFIG_SM90))
+        _quack_state = True
+    return _quack_state
+
+
+def _register_quack_geglu(activation: Any, gemm_interface: Any, cute: Any, const_expr: Any, dsl_user_op: Any) -> None:
+    """`QUACK_GEGLU`: `gelu(x) * y` with exact GELU, and its gradient, for quack's gated-epilogue GEMMs. quack's own
+    "geglu" uses the tanh approximation; these follow its `geglu`/`dgeglu` with its exact `gelu_erf`/`dgelu_erf`.
+    A value `x` is one fp32 number or a pair (the epilogue's packed f32x2 math)."""
+    if QUACK_GEGLU in activation.gate_fn_map:
+        return
+
+    @dsl_user_op
+    def geglu_erf(x, y, *, loc=None, ip=None):
+        if const_expr(not isinstance(x, tuple)):
+            return activation.gelu_erf(x, loc=loc, ip=ip) * y
+        return cute.arch.mul_packed_f32x2(activation.gelu_erf(x, loc=loc, ip=ip), y)
+
+    @dsl_user_op
+    def dgeglu_erf(x, y, dout, *, loc=None, ip=None):
+        """(d x, d y, gelu(x) * y) from the output's gradient `dout`."""
+        dgelu_dout, gelu = activation.dgelu_erf(x, dout, loc=loc, ip=ip)
+        if const_expr(not isinstance(x, tuple)):
+            return dgelu_dout * y, gelu * dout, gelu * y
+        return (cute.arch.mul_packed_f32x2(dgelu_dout, y), cute.arch.mul_packed_f32x2(gelu, dout),
+                cute.arch.mul_packed_f32x2(gelu, y))
+
+    activation.gate_fn_map[QUACK_GEGLU] = geglu_erf
+    activation.dgate_fn_map[QUACK_GEGLU] = dgeglu_erf
+    gemm_interface.gated_to_pytorch_fn_map[QUACK_GEGLU] = lambda gate, up: F.gelu(gate) * up
+
+
+def interleave_halves(weight: torch.Tensor) -> torch.Tensor:
+    """`Wi`'s rows `[input; gate]` reordered `input_0, gate_0, input_1, ...`: the layout of quack's gated GEMMs."""
+    return weight.view(2, weight.shape[0] // 2, *weight.shape[1:]).transpose(0, 1).reshape(weight.shape)
+
+
+def _register_quack_ops(gemms: Any, dgated_config_sm90: Any) -> None:
+    """`clinical_modernbert::quack_linear` and `geglu_mlp` (with autograd, and their backward ops), once per process.
+
+    `quack_linear`: `x @ w.T (+ residual)`, forward on quack's GEMM, the residual added in its epilogue (torch's
+    `addmm` first copies the residual into the output: 23 us per layer at train-1024 on an H100); backward on cuBLAS.
+
+    Forward: `hidden + Wo(geglu(normed @ Wi.T))` as two quack GEMMs. The first writes `Wi`'s output (interleaved:
+    `interleave_halves`) for backward and GeGLU's output from its epilogue; the second adds the residual in its
+    epilogue (torch's `addmm` first copies the residual into the output). Backward: one quack GEMM makes the
+    gradient of `Wi`'s output from `Wo`'s (GeGLU's derivative in the epilogue) and recomputes GeGLU's output for
+    `Wo`'s weight gradient, so the forward stores it nowhere; the three other matmuls are cuBLAS's, which is faster
+    than quack's untuned kernels for the weight gradients (`python -m bench.quack_mlp`). On Hopper that backward
+    GEMM runs `dgated_config_sm90`.
+    """
+    if hasattr(torch.ops.clinical_modernbert, "geglu_mlp"):
+        return
+    configs: dict[torch.device, Any] = {}
+
+    def linear(x, w, residual):
+        if residual is None:
+            return gemms.gemm(x.contiguous(), w.t(), tuned=False)
+        return gemms.gemm_add(x.contiguous(), w.t(), residual.contiguous(), tuned=False)
+
+    def linear_backward(grad_out, x, w):
+        return grad_out @ w, grad_out.t() @ x
+
+    linear_op = torch.library.custom_op("clinical_modernbert::quack_linear", linear, mutates_args=(),
+                                        schema="(Tensor x, Tensor w, Tensor? residual) -> Tensor")
+    linear_backward_op = torch.library.custom_op(
+        "clinical_modernbert::quack_linear_backward", linear_backward, mutates_args=(),
+        schema="(Tensor grad_out, Tensor x, Tensor w) -> (Tensor, Tensor)",
+    )
+
+    @linear_op.register_fake
+    def _(x, w, residual):
+        return x.new_empty((x.shape[0], w.shape[0]))
+
+    @linear_backward_op.register_fake
+    def _(grad_out, x, w):
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w)
+
+    def linear_setup_context(ctx, inputs, output):
+        x, w, residual = inputs
+        ctx.has_residual = residual is not None
+        ctx.save_for_backward(x, w)
+
+    def linear_autograd_backward(ctx, grad_out):
+        x, w = ctx.saved_tensors
+        grad_x, grad_w = linear_backward_op(grad_out.contiguous(), x, w)
+        return grad_x, grad_w, grad_out if ctx.has_residual else None
+
+    linear_op.register_autograd(linear_autograd_backward, setup_context=linear_setup_context)
+
+    def dgated_config(device: torch.device) -> Any:
+        if device not in configs:
+            configs[device] = dgated_config_sm90 if torch.cuda.get_device_capability(device)[0] == 9 else None
+        return configs[device]
+
+    def forward(hidden, normed, wi, wo):
+        preact, act = gemms.gemm_gated(normed.contiguous(), wi.t(), activation=QUACK_GEGLU, tuned=False)
+        return gemms.gemm_add(act, wo.t(), hidden.contiguous(), tuned=False), preact
+
+    def backward(grad_out, normed, preact, wi, wo):
+        grad_preact, act = gemms.gemm_dgated(grad_out, wo, preact, activation=QUACK_GEGLU, tuned=False,
+                                             config=dgated_config(grad_out.device))[:2]
+        return grad_preact @ wi, grad_preact.t() @ normed, grad_out.t() @ act
+
+    forward_op = torch.library.custom_op(
+        "clinical_modernbert::geglu_mlp", forward, mutates_args=(),
+        schema="(Tensor hidden, Tensor normed, Tensor wi, Tensor wo) -> (Tensor, Tensor)",
+    )
+    backward_op = torch.library.custom_op(
+        "clinical_modernbert::geglu_mlp_backward", backward, mutates_args=(),
+        schema="(Tensor grad_out, Tensor normed, Tensor preact, Tensor wi, Tensor wo) -> (Tensor, Tensor, Tensor)",
+    )
+
+    @forward_op.register_fake
+    def _(hidden, normed, wi, wo):
+        return torch.empty_like(hidden, memory_format=torch.contiguous_format), normed.new_empty(
+            (normed.shape[0], wi.shape[0]))
+
+    @backward_op.register_fake
+    def _(grad_out, normed, preact, wi, wo):
+        return (torch.empty_like(normed, memory_format=torch.contiguous_format), torch.empty_like(wi),
+                torch.empty_like(wo))
+
+    def setup_context(ctx, inputs, output):
+        _, normed, wi, wo = inputs
+        ctx.save_for_backward(normed, output[1], wi, wo)
+
+    def autograd_backward(ctx, grad_out, grad_preact):
+        normed, preact, wi, wo = ctx.saved_tensors
+        grad_normed, grad_wi, grad_wo = backward_op(grad_out.contiguous(), normed, preact, wi, wo)
+        return grad_out, grad_normed, grad_wi, grad_wo
+
+    forward_op.register_autograd(autograd_backward, setup_context=setup_context)
+
+
+def resolve_linear_kernel(requested: str, device: torch.device, cuda_graphs: bool) -> str:
+    """"quack" or "torch" for `config.linear_kernel` on this CUDA device (the caller checks the model's conditions).
+
+    `"auto"` takes quack's GEMMs only where the layers replay CUDA graphs: launched from Python, each quack call costs
+    enough CPU time that the plain compiled step became CPU-bound (389,039 against 440,604 tok/s at train-1024 on an
+    H100), while the graphs step gained 4% (BENCHMARKS.md)."""
+    if requested == "torch" or (requested == "auto" and not cuda_graphs):
+        return "torch"
+    major = torch.cuda.get_device_capability(device)[0]
+    if major in (9, 10) and quack_gemms_available():
+        return "quack"
+    if requested == "quack":
+        raise ValueError(f"linear_kernel='quack' needs the quack-kernels package (`pip install quack-kernels`, which "
+                         f"flash-attn-4 installs) and a GPU of compute capability 9.x or 10.x (got {major}.x); use "
+                         "linear_kernel='auto'")
+    return "torch"
+
+
 _logged_once: set[str] = set()
 
 
@@ -572,6 +765,7 @@ class AttentionContext:
     cuda_graphs: bool = False  # ... and replay them as CUDA graphs (static shapes: `pad_to_static_shapes`)
     fused_varlen: bool = False  # attention is a torch op (varlen or ours over FA4): compiled with the whole layer
     varlen_kernel: str = "torch"  # behind `flash_attention_2`: "flash-attn-4", "flash-attn" or "torch"
+    linear_kernel: str = "torch"  # the layers' GEMMs on the fused varlen path in training: "quack" or "torch"
     # set: local layers of the fused varlen path run `local_attention`'s Triton kernels over these windows
     local_bounds: torch.Tensor | None = None
     padding: DocumentPadding | None = None  # built lazily by the padded backends
@@ -1433,14 +1627,15 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str,
                         rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None,
-                        local_bounds: torch.Tensor | None = None) -> torch.Tensor:
+                        local_bounds: torch.Tensor | None = None, linear_kernel: str = "torch") -> torch.Tensor:
     """A whole layer around a varlen attention op, one compiled graph.
 
     `torch.nn.attention.varlen` and our FlashAttention-4 wrappers are torch custom ops, so dynamo traces the layer
     around them: q, k and v come straight out of the fused norm/RoPE kernels (no stack/unbind copies), and their
     gradients go straight into `Wqkv`'s backward. In training with FA4, RoPE runs inside the op instead (see
     `fa4_rotary_varlen_fwd`). `kernel="local"` (a local layer) runs `local_attention` over `local_bounds`, RoPE
-    inside, instead of the varlen kernel. One graph per layer also means one Python call per layer and direction,
+    inside, instead of the varlen kernel. `linear_kernel="quack"` runs the projections and MLP on quack's GEMMs
+    (`_quack_linear`, `_mlp_residual`). One graph per layer also means one Python call per layer and direction,
     which keeps the GPU fed.
 
     With `rows` (a global layer), only those tokens query: keys and values come from every token, and the output
@@ -1449,7 +1644,9 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     attn = layer.attn
     # Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
     # slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
-    qkv = attn.Wqkv(layer.attn_norm(hidden_states)).view(-1, 3, attn.num_heads, attn.head_dim)
+    normed = layer.attn_norm(hidden_states)
+    qkv = attn.Wqkv(normed) if linear_kernel != "quack" else _quack_linear(attn.Wqkv, normed, hidden_states.dtype)
+    qkv = qkv.view(-1, 3, attn.num_heads, attn.head_dim)
     if kernel == "local":  # RoPE inside the op
         out = local_attention(qkv, cos, sin, local_bounds, attn.local_window, attn.scale)
     elif kernel == "flash-attn-4" and rows is None and torch.is_grad_enabled():  # RoPE inside the op (see there)
@@ -1469,8 +1666,29 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
             q = apply_rotary(q.index_select(0, rows), cos.index_select(0, rows), sin.index_select(0, rows))
             hidden_states = hidden_states.index_select(0, rows)
         out = _varlen_attn(kernel, q, k, v, cu_seqlens, max_seqlen, attn, cu_seqlens_rows)
-    hidden_states = hidden_states + attn.out_drop(attn.Wo(out.reshape(out.shape[0], -1)))
-    return hidden_states + layer.mlp(layer.mlp_norm(hidden_states), split_matmuls=torch.is_grad_enabled())
+    out = out.reshape(out.shape[0], -1)
+    if linear_kernel == "quack":  # the residual added in the GEMM's epilogue (attention dropout is off here)
+        hidden_states = _quack_linear(attn.Wo, out, hidden_states.dtype, residual=hidden_states)
+    else:
+        hidden_states = hidden_states + attn.out_drop(attn.Wo(out))
+    return _mlp_residual(layer, hidden_states, linear_kernel)
+
+
+def _quack_linear(linear: nn.Linear, x: torch.Tensor, dtype: torch.dtype,
+                  residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`linear(x) (+ residual)` in `dtype` on quack's GEMM (`clinical_modernbert::quack_linear`; no bias)."""
+    return torch.ops.clinical_modernbert.quack_linear(x.to(dtype), linear.weight.to(dtype), residual)
+
+
+def _mlp_residual(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor,
+                  linear_kernel: str) -> torch.Tensor:
+    """`hidden + mlp(mlp_norm(hidden))`; `linear_kernel="quack"`: the fused `clinical_modernbert::geglu_mlp` op."""
+    normed = layer.mlp_norm(hidden_states)
+    if linear_kernel != "quack":
+        return hidden_states + layer.mlp(normed, split_matmuls=torch.is_grad_enabled())
+    dtype, mlp = hidden_states.dtype, layer.mlp
+    wi = interleave_halves(mlp.Wi.weight.to(dtype))  # compiled: one kernel with the cast autocast would make
+    return torch.ops.clinical_modernbert.geglu_mlp(hidden_states, normed.to(dtype), wi, mlp.Wo.weight.to(dtype))[0]
 
 
 def _embedding_block(embeddings: ClinicalModernBertEmbeddings, input_ids: torch.Tensor | None,
@@ -1524,15 +1742,17 @@ class ClinicalModernBertEncoderLayer(nn.Module):
         if ctx.compile and ctx.fused_varlen:  # the whole layer in one compiled graph
             block = maybe_compiled(_varlen_layer_block, True, self.attn.config.activation_memory_budget,
                                    ctx.cuda_graphs)
+            linear_kernel = ctx.linear_kernel
             if rows is not None and self.attn.local_window is None:
                 cu_seqlens_rows = torch.searchsorted(rows, ctx.cu_seqlens.to(rows.dtype)).to(torch.int32)
                 return block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel, rows,
-                             cu_seqlens_rows)
+                             cu_seqlens_rows, linear_kernel=linear_kernel)
             if ctx.local_bounds is not None and self.attn.local_window is not None:
                 hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, "local",
-                                      local_bounds=ctx.local_bounds)
+                                      local_bounds=ctx.local_bounds, linear_kernel=linear_kernel)
             else:
-                hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel)
+                hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel,
+                                      linear_kernel=linear_kernel)
         else:
             # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
             qkv = maybe_compiled(_qkv_block, ctx.compile, cuda_graphs=ctx.cuda_graphs)(
@@ -1737,6 +1957,11 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 and ctx.varlen_kernel != "flash-attn"  # flash_attn's kernels are no torch ops: the split path
                 and not (self.training and self.config.attention_dropout > 0)
             )
+        if (ctx.fused_varlen and torch.is_grad_enabled() and hidden_states.dtype == compute_dtype
+                and self.config.hidden_activation == "gelu" and not self.config.mlp_bias
+                and not self.config.attention_bias
+                and not (self.training and self.config.mlp_dropout > 0)):
+            ctx.linear_kernel = resolve_linear_kernel(self.config.linear_kernel, hidden_states.device, cuda_graphs)
         local_kernels = (ctx.fused_varlen and self.config.local_attention_kernel == "auto" and triton is not None
                          and self.config.head_dim in _LOCAL_ATTENTION_HEAD_DIMS)  # fp16/bf16 holds (varlen_possible)
         tables = maybe_compiled(_batch_tables, cuda_graphs, cuda_graphs=True)(
@@ -1748,7 +1973,8 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
         if varlen_possible:
             _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
                       + (", compiled with each layer" if ctx.fused_varlen else "")
-                      + ("; local layers: Triton local-attention kernels" if ctx.local_bounds is not None else ""))
+                      + ("; local layers: Triton local-attention kernels" if ctx.local_bounds is not None else "")
+                      + ("; projections and MLP: quack's GEMMs" if ctx.linear_kernel == "quack" else ""))
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             layer_rows = rows if index == last else None

@@ -118,6 +118,10 @@ MODELS: dict[str, ModelSpec] = {
                                  "flash_attention_2", {"varlen_kernel": "torch"}, devices=("cuda",)),
     "ours-varlen-graphs": ModelSpec("ours", "ours-varlen replaying CUDA graphs (cuda_graphs=True; static shapes)",
                                     "flash_attention_2", {"cuda_graphs": True}, devices=("cuda",)),
+    "ours-varlen-graphs-cublas": ModelSpec("ours", "ours-varlen-graphs with the MLP on cuBLAS and the geglu op "
+                                              "(linear_kernel='torch') instead of quack's fused GEMMs",
+                                              "flash_attention_2", {"cuda_graphs": True, "linear_kernel": "torch"},
+                                              devices=("cuda",)),
     "ours-sdpa": ModelSpec("ours", "unpadded MLPs, per-document padded sdpa attention", "sdpa"),
     "ours-eager": ModelSpec("ours", "unpadded MLPs, reference eager attention", "eager"),
     "transformers-sdpa": ModelSpec("transformers", "ModernBertForMaskedLM/Model, sdpa, dense MLM head (default)",
@@ -376,8 +380,8 @@ class RunSettings:
 
 # Config fields recorded with every result: what actually ran (missing fields are recorded as None).
 RECORDED_CONFIG_FIELDS = {
-    "ours": ("attention_backend", "local_attention_kernel", "compile_layers", "mlm_loss_chunk_size", "residual_dtype",
-             "sparse_prediction", "cuda_graphs", "num_hidden_layers"),
+    "ours": ("attention_backend", "local_attention_kernel", "linear_kernel", "compile_layers", "mlm_loss_chunk_size",
+             "residual_dtype", "sparse_prediction", "cuda_graphs", "num_hidden_layers"),
     "transformers": ("_attn_implementation", "sparse_prediction", "num_hidden_layers"),
 }
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# On the lent GPU machine: install the carried .fa4/ (bench/pack_flash_attn_4.sh) into /tmp/site, once per machine.
+# On the lent GPU machine: install the carried .fa4/ (bench/pack_flash_attn_4.sh) into /tmp/fa4/site-packages, once per
+# machine: a folder named site-packages, as quack's compile cache keys installed code by its path (docs/gpu.md).
 # Source it, so that PYTHONPATH is exported to the commands that follow:
 #
 #     source bench/gpu_flash_attn_4.sh && python3 -m bench.bench --device cuda ...
 FA4_DIR=${FA4_DIR:-.fa4}
-SITE=${SITE:-/tmp/site}
+SITE=${SITE:-/tmp/fa4/site-packages}
 if [ ! -d "$SITE/flash_attn/cute" ]; then
   mkdir -p "$SITE"
   # wheels first: pip --target replaces whole top-level folders, and nvidia_cutlass_dsl/ is shared with the tarball

@@ -3,7 +3,7 @@
 # carried files per call (docs/gpu.md). Run here, once: it writes .fa4/ (ignored by git), about 57 MB.
 #
 #     bash bench/pack_flash_attn_4.sh            # then carry ".fa4" and start the device command with
-#     source bench/gpu_flash_attn_4.sh           # there: installs into /tmp/site, exports PYTHONPATH
+#     source bench/gpu_flash_attn_4.sh           # there: installs into /tmp/fa4/site-packages, exports PYTHONPATH
 #
 # A normal install needs none of this: `pip install flash-attn-4` (pure Python, CuTe DSL: nothing to compile).
 # Here the wheels are fetched for the device's Python 3.12 and CUDA 13, and the 92 MB CUDA library wheel of the

@@ -437,3 +437,39 @@ def test_local_attention_kernel_trains_like_flash_attention(kernel):
     assert abs(ours_loss - flash_loss) <= 5e-3 * abs(flash_loss)
     for name, grad in flash_grads.items():
         assert (ours_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_quack_gemms_train_like_cublas(cuda_graphs):
+    """Compiled training with the layers' GEMMs on quack (`linear_kernel="quack"`: fused GeGLU and residual
+    epilogues) against cuBLAS and the geglu op (`"torch"`): loss and every gradient, with and without CUDA graphs;
+    and quack's ops did run."""
+    import modeling_clinical_modernbert as modeling
+
+    if not modeling.quack_gemms_available() or torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip("quack-kernels is not installed or this GPU is not Hopper/Blackwell")
+    torch.manual_seed(15)
+    model = four_layer_model(compile_layers="on", cuda_graphs=cuda_graphs)
+    inputs = packed_mlm_inputs([700, 300, 65, 2, 129])
+
+    def step(linear_kernel: str):
+        model.config.linear_kernel = linear_kernel
+        model.zero_grad(set_to_none=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**inputs).loss
+            loss.backward()
+            torch.cuda.synchronize()
+        names = " ".join(event.name for event in profile.events())
+        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}, names
+
+    torch_loss, torch_grads, torch_ops = step("torch")
+    # with cuda_graphs, the first step warms up, the second records the graphs and the third replays them
+    first, recorded, replayed = step("quack"), step("quack"), step("quack")
+    assert not modeling._compile_failed
+    for op in ("clinical_modernbert::geglu_mlp", "clinical_modernbert::quack_linear"):
+        assert op in first[2] and op not in torch_ops
+    for quack_loss, quack_grads, _ in (first, recorded, replayed):
+        assert abs(quack_loss - torch_loss) <= 5e-3 * abs(torch_loss)
+        for name, grad in torch_grads.items():
+            assert (quack_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name

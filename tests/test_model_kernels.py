@@ -393,6 +393,51 @@ def test_config_rejects_unknown_kernels_and_keeps_ours_out_of_native_configs():
     with pytest.raises(ValueError, match="local_attention_kernel='flash' must be one of"):
         tiny_config(local_attention_kernel="flash")
     assert "local_attention_kernel" not in tiny_config().to_modernbert_dict()
+    with pytest.raises(ValueError, match="linear_kernel='cutlass' must be one of"):
+        tiny_config(linear_kernel="cutlass")
+    assert "linear_kernel" not in tiny_config().to_modernbert_dict()
+
+
+def test_interleave_halves_pairs_each_input_row_with_its_gate_row():
+    weight = torch.arange(6 * 4).reshape(6, 4)  # rows: input 0, 1, 2, then gate 0, 1, 2
+    interleaved = modeling.interleave_halves(weight)
+    assert interleaved[:, 0].tolist() == [0, 12, 4, 16, 8, 20]
+    assert torch.equal(interleaved.view(3, 2, 4).transpose(0, 1).reshape(6, 4), weight)
+
+
+def test_quack_missing_or_incomplete_means_the_torch_mlp(monkeypatch, caplog):
+    """Without quack-kernels, or a release without what the MLP calls, `linear_kernel="auto"` is the torch MLP and
+    `"quack"` is a clear error; with quack, "auto" takes it only under CUDA graphs."""
+    monkeypatch.setattr(modeling, "_quack_state", None)
+    monkeypatch.setattr(modeling.importlib.util, "find_spec", lambda name: None)
+    assert not modeling.quack_gemms_available()
+    monkeypatch.setattr(modeling.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    for cuda_graphs in (False, True):
+        assert modeling.resolve_linear_kernel("auto", torch.device("cuda"), cuda_graphs) == "torch"
+        assert modeling.resolve_linear_kernel("torch", torch.device("cuda"), cuda_graphs) == "torch"
+        with pytest.raises(ValueError, match="linear_kernel='quack' needs the quack-kernels package"):
+            modeling.resolve_linear_kernel("quack", torch.device("cuda"), cuda_graphs)
+
+    fake = {name: types.ModuleType(name) for name in ("cutlass", "cutlass.cute", "cutlass.cutlass_dsl", "quack",
+                                                       "quack.activation", "quack.gemm_config",
+                                                       "quack.gemm_interface")}
+    fake["cutlass"].const_expr = lambda x: x
+    fake["cutlass"].cute = fake["cutlass.cute"]
+    fake["cutlass.cutlass_dsl"].dsl_user_op = lambda fn: fn
+    for name in ("activation", "gemm_config", "gemm_interface"):
+        setattr(fake["quack"], name, fake[f"quack.{name}"])
+    fake["quack.activation"].gelu_erf = fake["quack.activation"].dgelu_erf = lambda *a, **k: None
+    for name, module in fake.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(modeling, "_quack_state", None)
+    monkeypatch.setattr(modeling.importlib.util, "find_spec", lambda name: object())
+    with caplog.at_level("WARNING"):
+        assert not modeling.quack_gemms_available()
+    assert "quack.activation.gate_fn_map" in caplog.text and "quack.gemm_interface.gemm_gated" in caplog.text
+    monkeypatch.setattr(modeling, "_quack_state", True)
+    assert modeling.resolve_linear_kernel("auto", torch.device("cuda"), cuda_graphs=True) == "quack"
+    assert modeling.resolve_linear_kernel("auto", torch.device("cuda"), cuda_graphs=False) == "torch"
+    assert modeling.resolve_linear_kernel("quack", torch.device("cuda"), cuda_graphs=False) == "quack"
 
 
 def test_flash_attn_4_release_without_our_arguments_is_not_used(monkeypatch, caplog):
