@@ -207,10 +207,27 @@ def test_host_computed_masked_positions_give_the_same_loss_and_logits():
               labels=labels.view(2, 20), masked_positions=positions[:3])
 
 
-def test_fused_linear_cross_entropy_matches_autograd_under_bf16_autocast():
-    """The fused loss makes the same bf16-matmul loss and gradients as autograd through F.linear + cross_entropy."""
+@pytest.mark.parametrize("fp32_out_matmul", [False, True])
+def test_fused_linear_cross_entropy_matches_autograd_under_bf16_autocast(fp32_out_matmul, monkeypatch):
+    """The fused loss makes the same bf16-matmul loss and gradients as autograd through F.linear + cross_entropy.
+
+    `fp32_out_matmul`: the CUDA path, where cuBLAS writes fp32 (`addmm(..., out_dtype=float32)`, here a CPU stand-in):
+    the first chunk overwrites the weight gradient and the bias gradient is a column of that matmul."""
+    import modeling_clinical_modernbert as modeling
     from modeling_clinical_modernbert import _LinearCrossEntropy
 
+    if fp32_out_matmul:
+        calls = []
+
+        def addmm(acc, a, b, *, beta=1.0, out_dtype, out):
+            assert out is acc and out_dtype == torch.float32 and a.dtype == b.dtype == torch.bfloat16
+            calls.append(beta)
+            product = a.float() @ b.float()
+            out.copy_(product if beta == 0 else acc + product)  # beta=0 never reads acc (torch.empty: garbage)
+            return out
+
+        monkeypatch.setattr(modeling, "_matmul_fp32_out", lambda a: True)
+        monkeypatch.setattr(modeling.torch, "addmm", addmm)
     torch.manual_seed(7)
     hidden = torch.randn(37, 32, requires_grad=True)
     weight = torch.randn(128, 32, requires_grad=True)
@@ -225,6 +242,8 @@ def test_fused_linear_cross_entropy_matches_autograd_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused = _LinearCrossEntropy.apply(hidden, weight, bias, labels, 10, torch.bfloat16)  # 4 chunks, ragged
     fused.backward(torch.tensor(0.5))
+    if fp32_out_matmul:
+        assert calls == [0.0, 1.0, 1.0, 1.0]  # 4 chunks: the first overwrites
     assert fused.dtype == torch.float32
     assert torch.allclose(fused, reference, rtol=1e-3)
     for got, want in zip((hidden.grad, weight.grad, bias.grad), expected):
