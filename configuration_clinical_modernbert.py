@@ -125,8 +125,9 @@ class ClinicalModernBertConfig(PretrainedConfig):
             varlen path. `"quack"`: GEMMs from the `quack-kernels` package (which `flash-attn-4` installs; CuTe DSL,
             Hopper and Blackwell GPUs) with fused epilogues: the MLP's `Wi` applies GeGLU (exact GELU) as it writes,
             its backward applies GeGLU's derivative and recomputes GeGLU's output instead of storing it, and both
-            output projections add the residual; weight and input gradients stay on cuBLAS. Needs exact GELU, no
-            biases in the layers and the residual stream in the autocast dtype. `"torch"`: cuBLAS and this model's
+            output projections add the residual; weight and input gradients stay on cuBLAS. Needs bf16, exact GELU,
+            no biases in the layers and the residual stream in the autocast dtype; a wrapped Linear (PEFT's LoRA)
+            keeps its own forward. `"torch"`: cuBLAS and this model's
             Triton GeGLU op. `"auto"`: `"quack"` where it runs and the layers replay CUDA graphs (`cuda_graphs=True`;
             launched from Python, quack's calls cost more CPU time than a step without graphs can hide), else
             `"torch"`.

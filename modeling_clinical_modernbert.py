@@ -1674,9 +1674,19 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     return _mlp_residual(layer, hidden_states, linear_kernel)
 
 
-def _quack_linear(linear: nn.Linear, x: torch.Tensor, dtype: torch.dtype,
+def _plain_linear(module: nn.Module) -> bool:
+    """A bias-free `nn.Linear` itself: what quack's GEMMs may replace. A wrapped layer (PEFT's LoRA, a quantised
+    Linear) keeps its own forward, so its adapters are never bypassed."""
+    return type(module) is nn.Linear and module.bias is None
+
+
+def _quack_linear(linear: nn.Module, x: torch.Tensor, dtype: torch.dtype,
                   residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`linear(x) (+ residual)` in `dtype` on quack's GEMM (`clinical_modernbert::quack_linear`; no bias)."""
+    """`linear(x) (+ residual)` in `dtype` on quack's GEMM (`clinical_modernbert::quack_linear`), or through the
+    module itself where it is not a plain Linear."""
+    if not _plain_linear(linear):
+        out = linear(x)
+        return out if residual is None else residual + out
     return torch.ops.clinical_modernbert.quack_linear(x.to(dtype), linear.weight.to(dtype), residual)
 
 
@@ -1684,7 +1694,7 @@ def _mlp_residual(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
                   linear_kernel: str) -> torch.Tensor:
     """`hidden + mlp(mlp_norm(hidden))`; `linear_kernel="quack"`: the fused `clinical_modernbert::geglu_mlp` op."""
     normed = layer.mlp_norm(hidden_states)
-    if linear_kernel != "quack":
+    if linear_kernel != "quack" or not (_plain_linear(layer.mlp.Wi) and _plain_linear(layer.mlp.Wo)):
         return hidden_states + layer.mlp(normed, split_matmuls=torch.is_grad_enabled())
     dtype, mlp = hidden_states.dtype, layer.mlp
     wi = interleave_halves(mlp.Wi.weight.to(dtype))  # compiled: one kernel with the cast autocast would make
@@ -1957,7 +1967,7 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
                 and ctx.varlen_kernel != "flash-attn"  # flash_attn's kernels are no torch ops: the split path
                 and not (self.training and self.config.attention_dropout > 0)
             )
-        if (ctx.fused_varlen and torch.is_grad_enabled() and hidden_states.dtype == compute_dtype
+        if (ctx.fused_varlen and torch.is_grad_enabled() and hidden_states.dtype == compute_dtype == torch.bfloat16
                 and self.config.hidden_activation == "gelu" and not self.config.mlp_bias
                 and not self.config.attention_bias
                 and not (self.training and self.config.mlp_dropout > 0)):

@@ -481,3 +481,25 @@ def test_a_triton_kernel_that_fails_to_launch_hands_over_to_torch_code(monkeypat
     assert modeling._launch_triton("rotary", broken) is False
     assert len(calls) == 1 and len(warnings) == 1 and "rotary" in warnings[0] and "no kernel image" in warnings[0]
     assert modeling._launch_triton("cross_entropy", lambda: None) is True
+
+
+def test_quack_path_keeps_wrapped_linears_and_their_adapters():
+    """`linear_kernel="quack"` replaces only plain bias-free Linears: a PEFT LoRA-wrapped `Wqkv`, `Wo` or `Wi` runs
+    its own forward, adapters included (here on CPU, where quack's ops do not even exist: reaching them fails)."""
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(16)
+    model = modeling.ClinicalModernBertModel(tiny_config(attention_backend="sdpa"))
+    config = peft.LoraConfig(r=4, target_modules=["Wqkv", "Wo", "Wi"], init_lora_weights=False)
+    layer = peft.get_peft_model(model, config).base_model.model.layers[1]
+    assert not hasattr(torch.ops.clinical_modernbert, "quack_linear")
+    hidden = torch.randn(10, model.config.hidden_size)
+    for linear in (layer.attn.Wqkv, layer.attn.Wo):
+        assert not modeling._plain_linear(linear)
+        x = torch.randn(10, linear.in_features)
+        assert torch.equal(modeling._quack_linear(linear, x, torch.float32), linear(x))
+    wo, x = layer.attn.Wo, torch.randn(10, layer.attn.Wo.in_features)
+    assert torch.equal(modeling._quack_linear(wo, x, torch.float32, residual=hidden), hidden + wo(x))
+    expected = hidden + layer.mlp(layer.mlp_norm(hidden), split_matmuls=True)
+    assert torch.equal(modeling._mlp_residual(layer, hidden, "quack"), expected)
+    assert modeling._plain_linear(torch.nn.Linear(4, 4, bias=False))
+    assert not modeling._plain_linear(torch.nn.Linear(4, 4))  # a bias: cuBLAS
