@@ -473,3 +473,33 @@ def test_quack_gemms_train_like_cublas(cuda_graphs):
         assert abs(quack_loss - torch_loss) <= 5e-3 * abs(torch_loss)
         for name, grad in torch_grads.items():
             assert (quack_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+
+
+def test_quack_gemms_at_the_masked_tokens_only_train_like_cublas():
+    """The harness's and the collator's configuration: `masked_positions` given, so the last layer runs its output
+    projection and MLP at the masked tokens only, on quack's GEMMs and under CUDA graphs: loss and every gradient
+    against cuBLAS with the whole last layer."""
+    import modeling_clinical_modernbert as modeling
+
+    if not modeling.quack_gemms_available() or torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip("quack-kernels is not installed or this GPU is not Hopper/Blackwell")
+    torch.manual_seed(17)
+    model = four_layer_model(compile_layers="on", cuda_graphs=True)
+    inputs = packed_mlm_inputs([700, 300, 65, 2])
+    inputs["labels"][0, 1000:1065] = -100  # a document without a masked token: an empty query range
+    positions = (inputs["labels"][0] != -100).nonzero().squeeze(1)
+
+    def step(linear_kernel: str, **extra):
+        model.config.linear_kernel = linear_kernel
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs, **extra).loss
+        loss.backward()
+        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
+
+    torch_loss, torch_grads = step("torch")
+    for _ in range(3):  # warm-up, recording, replay
+        quack_loss, quack_grads = step("quack", masked_positions=positions)
+        assert abs(quack_loss - torch_loss) <= 5e-3 * abs(torch_loss)
+        for name, grad in torch_grads.items():
+            assert (quack_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
