@@ -128,9 +128,9 @@ class ClinicalModernBertConfig(PretrainedConfig):
             output projections add the residual; weight and input gradients stay on cuBLAS. Needs bf16, exact GELU,
             no biases in the layers and the residual stream in the autocast dtype; a wrapped Linear (PEFT's LoRA)
             keeps its own forward. `"torch"`: cuBLAS and this model's
-            Triton GeGLU op. `"auto"`: `"quack"` where it runs and the layers replay CUDA graphs (`cuda_graphs=True`;
-            launched from Python, quack's calls cost more CPU time than a step without graphs can hide), else
-            `"torch"`.
+            Triton GeGLU op. `"auto"`: `"quack"` where it runs and the layers replay CUDA graphs (`cuda_graphs=True`:
+            without graphs, each quack call does its argument handling in Python, on a step often short of CPU time
+            already), else `"torch"`.
         compile_layers (`str`, defaults to `"auto"`): run the blocks around attention (norms, projections, RoPE,
             GeGLU, residuals; with torch's varlen kernel the whole layer) through `torch.compile`: `"auto"` on CUDA
             with Triton installed (the first batch then takes some seconds to compile), `"on"` always (needs a

@@ -317,9 +317,9 @@ def _register_quack_ops(gemms: Any, dgated_config_sm90: Any) -> None:
     `quack_linear`: `x @ w.T (+ residual)`, forward on quack's GEMM, the residual added in its epilogue (torch's
     `addmm` first copies the residual into the output: 23 us per layer at train-1024 on an H100); backward on cuBLAS.
 
-    Forward: `hidden + Wo(geglu(normed @ Wi.T))` as two quack GEMMs. The first writes `Wi`'s output (interleaved:
+    `geglu_mlp`: `hidden + Wo(geglu(normed @ Wi.T))` as two quack GEMMs. The first writes `Wi`'s output (interleaved:
     `interleave_halves`) for backward and GeGLU's output from its epilogue; the second adds the residual in its
-    epilogue (torch's `addmm` first copies the residual into the output). Backward: one quack GEMM makes the
+    epilogue. Backward: one quack GEMM makes the
     gradient of `Wi`'s output from `Wo`'s (GeGLU's derivative in the epilogue) and recomputes GeGLU's output for
     `Wo`'s weight gradient, so the forward stores it nowhere; the three other matmuls are cuBLAS's, which is faster
     than quack's untuned kernels for the weight gradients (`python -m bench.quack_mlp`). On Hopper that backward
@@ -327,7 +327,6 @@ def _register_quack_ops(gemms: Any, dgated_config_sm90: Any) -> None:
     """
     if hasattr(torch.ops.clinical_modernbert, "geglu_mlp"):
         return
-    configs: dict[torch.device, Any] = {}
 
     def linear(x, w, residual):
         if residual is None:
@@ -363,6 +362,8 @@ def _register_quack_ops(gemms: Any, dgated_config_sm90: Any) -> None:
         return grad_x, grad_w, grad_out if ctx.has_residual else None
 
     linear_op.register_autograd(linear_autograd_backward, setup_context=linear_setup_context)
+
+    configs: dict[torch.device, Any] = {}
 
     def dgated_config(device: torch.device) -> Any:
         if device not in configs:
@@ -412,9 +413,9 @@ def _register_quack_ops(gemms: Any, dgated_config_sm90: Any) -> None:
 def resolve_linear_kernel(requested: str, device: torch.device, cuda_graphs: bool) -> str:
     """"quack" or "torch" for `config.linear_kernel` on this CUDA device (the caller checks the model's conditions).
 
-    `"auto"` takes quack's GEMMs only where the layers replay CUDA graphs: launched from Python, each quack call costs
-    enough CPU time that the plain compiled step became CPU-bound (389,039 against 440,604 tok/s at train-1024 on an
-    H100), while the graphs step gained 4% (BENCHMARKS.md)."""
+    `"auto"` takes quack's GEMMs only where the layers replay CUDA graphs, where they gained 6% at train-1024 on an
+    H100 (451,068 -> 478,026 tok/s in one run, BENCHMARKS.md). Without graphs each quack call does its argument
+    handling and kernel lookup in Python, and the plain step is already short of CPU time on some hosts."""
     if requested == "torch" or (requested == "auto" and not cuda_graphs):
         return "torch"
     major = torch.cuda.get_device_capability(device)[0]
