@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -37,6 +39,30 @@ def packed_mlm_inputs(lengths: list[int]) -> dict:
     labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
     return dict(input_ids=ids, labels=labels, max_seqlen=int(lengths.max()),
                 cu_seqlens=torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).int().cuda())
+
+
+def training_step(model: ClinicalModernBertForMaskedLM, inputs: dict, activity=None, **config):
+    """Set the `config` fields, then one bf16-autocast training step: the loss, every parameter's gradient, and the
+    names of the events `torch.profiler` recorded with `activity` (CPU: ops, CUDA: kernels; None: no profiler)."""
+    for key, value in config.items():
+        setattr(model.config, key, value)
+    model.zero_grad(set_to_none=True)
+    profiler = torch.profiler.profile(activities=[activity]) if activity is not None else contextlib.nullcontext()
+    with profiler:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.cuda.synchronize()
+    names = " ".join(event.name for event in profiler.events()) if activity is not None else ""
+    return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}, names
+
+
+def assert_trains_alike(step: tuple, reference: tuple) -> None:
+    """Two `training_step` results: the loss within 0.5% and every gradient within 2% (norm of the difference)."""
+    (loss, grads, _), (reference_loss, reference_grads, _) = step, reference
+    assert abs(loss - reference_loss) <= 5e-3 * abs(reference_loss)
+    for name, grad in reference_grads.items():
+        assert (grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
 
 
 @pytest.fixture(scope="module", params=KERNELS)
@@ -415,28 +441,15 @@ def test_local_attention_kernel_trains_like_flash_attention(kernel):
     torch.manual_seed(14)
     model = four_layer_model(compile_layers="on", varlen_kernel=require(kernel))
     inputs = packed_mlm_inputs([700, 300, 65, 2, 129])
-
-    def step(local_kernel: str):
-        model.config.local_attention_kernel = local_kernel
-        model.zero_grad(set_to_none=True)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**inputs).loss
-            loss.backward()
-            torch.cuda.synchronize()
-        names = " ".join(event.name for event in profile.events())
-        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}, names
-
-    flash_loss, flash_grads, flash_kernels = step("varlen")
-    ours_loss, ours_grads, ours_kernels = step("auto")
+    cuda = torch.profiler.ProfilerActivity.CUDA
+    flash = training_step(model, inputs, cuda, local_attention_kernel="varlen")
+    ours = training_step(model, inputs, cuda, local_attention_kernel="auto")
     import modeling_clinical_modernbert as modeling
 
     assert not modeling._compile_failed  # the kernels ran inside the compiled layers, not in an eager fallback
-    assert "_local_attention_fwd_kernel" in ours_kernels and "_local_attention_bwd_dkdv_kernel" in ours_kernels
-    assert "_local_attention" not in flash_kernels
-    assert abs(ours_loss - flash_loss) <= 5e-3 * abs(flash_loss)
-    for name, grad in flash_grads.items():
-        assert (ours_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+    assert "_local_attention_fwd_kernel" in ours[2] and "_local_attention_bwd_dkdv_kernel" in ours[2]
+    assert "_local_attention" not in flash[2]
+    assert_trains_alike(ours, flash)
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])
@@ -451,28 +464,15 @@ def test_quack_gemms_train_like_cublas(cuda_graphs):
     torch.manual_seed(15)
     model = four_layer_model(compile_layers="on", cuda_graphs=cuda_graphs)
     inputs = packed_mlm_inputs([700, 300, 65, 2, 129])
-
-    def step(linear_kernel: str):
-        model.config.linear_kernel = linear_kernel
-        model.zero_grad(set_to_none=True)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**inputs).loss
-            loss.backward()
-            torch.cuda.synchronize()
-        names = " ".join(event.name for event in profile.events())
-        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}, names
-
-    torch_loss, torch_grads, torch_ops = step("torch")
+    cpu = torch.profiler.ProfilerActivity.CPU
+    cublas = training_step(model, inputs, cpu, linear_kernel="torch")
     # with cuda_graphs, the first step warms up, the second records the graphs and the third replays them
-    first, recorded, replayed = step("quack"), step("quack"), step("quack")
+    first, recorded, replayed = (training_step(model, inputs, cpu, linear_kernel="quack") for _ in range(3))
     assert not modeling._compile_failed
     for op in ("clinical_modernbert::geglu_mlp", "clinical_modernbert::quack_linear"):
-        assert op in first[2] and op not in torch_ops
-    for quack_loss, quack_grads, _ in (first, recorded, replayed):
-        assert abs(quack_loss - torch_loss) <= 5e-3 * abs(torch_loss)
-        for name, grad in torch_grads.items():
-            assert (quack_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+        assert op in first[2] and op not in cublas[2]
+    for quack in (first, recorded, replayed):
+        assert_trains_alike(quack, cublas)
 
 
 def test_quack_gemms_at_the_masked_tokens_only_train_like_cublas():
@@ -488,18 +488,7 @@ def test_quack_gemms_at_the_masked_tokens_only_train_like_cublas():
     inputs = packed_mlm_inputs([700, 300, 65, 2])
     inputs["labels"][0, 1000:1065] = -100  # a document without a masked token: an empty query range
     positions = (inputs["labels"][0] != -100).nonzero().squeeze(1)
-
-    def step(linear_kernel: str, **extra):
-        model.config.linear_kernel = linear_kernel
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**inputs, **extra).loss
-        loss.backward()
-        return loss.float().item(), {name: p.grad.float().clone() for name, p in model.named_parameters()}
-
-    torch_loss, torch_grads = step("torch")
+    cublas = training_step(model, inputs, linear_kernel="torch")
     for _ in range(3):  # warm-up, recording, replay
-        quack_loss, quack_grads = step("quack", masked_positions=positions)
-        assert abs(quack_loss - torch_loss) <= 5e-3 * abs(torch_loss)
-        for name, grad in torch_grads.items():
-            assert (quack_grads[name] - grad).norm() <= 2e-2 * grad.norm().clamp(min=1e-6), name
+        assert_trains_alike(training_step(model, dict(inputs, masked_positions=positions), linear_kernel="quack"),
+                            cublas)
