@@ -262,19 +262,19 @@ def quack_gemms_available() -> bool:
             import cutlass.cute as cute
             from cutlass import const_expr
             from cutlass.cutlass_dsl import dsl_user_op
-            from quack import activation, gemm_config, gemm_interface
+
+            modules = {name: importlib.import_module(name) for name in _QUACK_NEEDS}
         except Exception as error:  # a broken install must not break the model
             logger.warning(f"quack-kernels is installed but failed to import ({error}); the layers use cuBLAS")
             return False
-        modules = {"quack.activation": activation, "quack.gemm_interface": gemm_interface,
-                   "quack.gemm_config": gemm_config}
         missing = [f"{module}.{name}" for module, names in _QUACK_NEEDS.items() for name in names
                    if not hasattr(modules[module], name)]
         if missing:
             logger.warning(f"this quack-kernels release has no {', '.join(missing)}; the layers use cuBLAS")
             return False
+        activation, gemm_interface = modules["quack.activation"], modules["quack.gemm_interface"]
         _register_quack_geglu(activation, gemm_interface, cute, const_expr, dsl_user_op)
-        _register_quack_ops(gemm_interface, gemm_config.GemmConfig(**_QUACK_DGATED_CONFIG_SM90))
+        _register_quack_ops(gemm_interface, modules["quack.gemm_config"].GemmConfig(**_QUACK_DGATED_CONFIG_SM90))
         _quack_state = True
     return _quack_state
 
