@@ -83,6 +83,8 @@ _FLASH_ATTN_4_ARGS = {
                         "dq", "dk", "dv"),
 }
 _flash_attn_4_state: bool | None = None  # None: not tried yet
+# namespace -> (forward, backward): the FA4 calls behind our ops, for ops that run attention inside a larger op
+_FA4_KERNELS: dict[str, tuple[Any, Any]] = {}
 
 
 def flash_attn_4_available() -> bool:
@@ -148,6 +150,7 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
         )[:3]
         return dq, dk, dv
 
+    _FA4_KERNELS[namespace] = (forward, backward)
     arguments = ("Tensor cu_seqlens_q, Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float scale, "
                  "int window_left, int window_right, bool deterministic")
     forward_op = torch.library.custom_op(
@@ -247,6 +250,7 @@ _QUACK_NEEDS = {
 _QUACK_DGATED_CONFIG_SM90 = dict(tile_m=128, tile_n=128, pingpong=True, is_dynamic_persistent=False, cluster_m=2,
                                  cluster_n=1, device_capacity=9)
 _quack_state: bool | None = None  # None: not tried yet
+_quack_rope: Any = None  # quack.epilogue.rotary, where this quack release has it: RoPE in Wqkv's GEMM epilogue
 
 
 def quack_gemms_available() -> bool:
@@ -276,6 +280,14 @@ def quack_gemms_available() -> bool:
         _register_quack_geglu(activation, gemm_interface, cute, const_expr, dsl_user_op)
         _register_quack_ops(gemm_interface, modules["quack.gemm_config"].GemmConfig(**_QUACK_DGATED_CONFIG_SM90))
         _quack_state = True
+        global _quack_rope
+        try:
+            rotary = importlib.import_module("quack.epilogue.rotary")
+        except Exception:  # an older release: RoPE stays in the attention ops
+            rotary = None
+        if all(hasattr(rotary, name) for name in ("rope_posfreq_epi", "make_interleaved_inv_freq")):
+            _register_rope_qkv_attention_op(rotary)
+            _quack_rope = rotary
     return _quack_state
 
 
@@ -410,6 +422,98 @@ def _register_quack_ops(gemms: Any, dgated_config_sm90: Any) -> None:
     forward_op.register_autograd(autograd_backward, setup_context=setup_context)
 
 
+def pair_rows(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """`Wqkv`'s weight `(3 * hidden, ...)` with each q and k head's rows reordered `0, half, 1, half + 1, ...`, so
+    that the output columns rotate_half rotates together sit side by side (quack's RoPE epilogue rotates adjacent
+    columns); v's rows are unchanged. q.k is the same when q and k share the order, so attention takes it as it is."""
+    qk, v = weight.split((weight.shape[0] // 3 * 2, weight.shape[0] // 3))
+    qk = qk.reshape(-1, 2, head_dim // 2, *weight.shape[1:]).transpose(1, 2).reshape(qk.shape)
+    return torch.cat((qk, v))
+
+
+def _register_rope_qkv_attention_op(rotary: Any, namespace: str = "clinical_modernbert") -> None:
+    """`{namespace}::rope_qkv_attention` (with autograd) and its backward op, once per process.
+
+    `Wqkv`, RoPE and attention (a local layer's kernels, or FA4) as one op, for training with quack's GEMMs: quack's
+    GEMM rotates q and k in its epilogue (`rotary.rope_posfreq_epi`: cos and sin computed from each token's position
+    and a per-column frequency, 0 for v), so no pass over qkv rotates them (65 us per layer at train-1024 on an
+    H100: the GEMM took 131.7 against 196.8 us for the GEMM and the rotation, `python -m bench.quack_rope`; the step
+    ran at 486,137 against 471,566 tok/s, `bench.bench`'s ours-varlen-graphs-rope-pass, BENCHMARKS.md). The
+    weight comes with its q and k rows in `pair_rows` order, and the rotated qkv keeps that order. In backward the
+    attention kernels turn dq and dk into gradients of the unrotated projection (the local kernels as they store
+    them, `rotate_qk(..., pairs=True)` after FA4), and cuBLAS makes the input and weight gradients from them. One
+    op, so that the rotation stays out of the gradient that leaves it: the attention ops alone would have to pass
+    the rotated gradient back, and the GEMM's backward would rotate it in a pass of its own.
+
+    `tables` is the local layers' window table (`local_attention_bounds`) when `local`, else `cu_seqlens`. `rotary`
+    is `quack.epilogue.rotary`; FA4 is the one behind `{namespace}::fa4_varlen_fwd` (tests pass torch stand-ins for
+    both under another namespace).
+    """
+    if hasattr(getattr(torch.ops, namespace), "rope_qkv_attention"):
+        return
+
+    def forward(normed, w, positions, frequencies, cos, sin, tables, max_seqlen, scale, window_left, window_right,
+                deterministic, local):
+        qkv = rotary.rope_posfreq_epi(normed.contiguous(), w.t(), tuned=False, pos=positions, freq=frequencies)["D"]
+        rotated = qkv.view(qkv.shape[0], 3, -1, cos.shape[-1])
+        if local:
+            out, lse = _local_attention_rotated(rotated, tables, window_left, scale)
+        else:
+            out, lse = _FA4_KERNELS[namespace][0](
+                *rotated.unbind(1), tables, tables, max_seqlen, max_seqlen, scale, window_left, window_right,
+                deterministic)
+        return out.contiguous(), lse, rotated
+
+    def backward(grad_out, normed, w, rotated, out, lse, cos, sin, tables, max_seqlen, scale, window_left,
+                 window_right, deterministic, local):
+        if local:
+            grad = _local_attention_unrotated_grad(grad_out, rotated, out, lse, cos, sin, tables, window_left, scale,
+                                                   pairs=True)
+        else:
+            grad = torch.empty_like(rotated)
+            _FA4_KERNELS[namespace][1](
+                grad_out, *rotated.unbind(1), out, lse, tables, tables, max_seqlen, max_seqlen, scale, window_left,
+                window_right, deterministic, *grad.unbind(1))
+            rotate_qk(grad, cos, sin, grad, inverse=True, pairs=True)
+        grad = grad.view(grad.shape[0], -1)
+        return grad @ w, grad.t() @ normed
+
+    settings = ("SymInt max_seqlen, float scale, int window_left, int window_right, bool deterministic, "
+                "bool local")
+    forward_op = torch.library.custom_op(
+        f"{namespace}::rope_qkv_attention", forward, mutates_args=(),
+        schema="(Tensor normed, Tensor w, Tensor positions, Tensor frequencies, Tensor cos, Tensor sin, "
+               f"Tensor tables, {settings}) -> (Tensor, Tensor, Tensor)",
+    )
+    backward_op = torch.library.custom_op(
+        f"{namespace}::rope_qkv_attention_backward", backward, mutates_args=(),
+        schema="(Tensor grad_out, Tensor normed, Tensor w, Tensor rotated, Tensor out, Tensor lse, Tensor cos, "
+               f"Tensor sin, Tensor tables, {settings}) -> (Tensor, Tensor)",
+    )
+
+    @forward_op.register_fake
+    def _(normed, w, positions, frequencies, cos, *args):
+        total, head_dim = normed.shape[0], cos.shape[-1]
+        heads = w.shape[0] // 3 // head_dim
+        return (normed.new_empty((total, heads, head_dim)), normed.new_empty((heads, total), dtype=torch.float32),
+                normed.new_empty((total, 3, heads, head_dim)))
+
+    @backward_op.register_fake
+    def _(grad_out, normed, w, *args):
+        return torch.empty_like(normed, memory_format=torch.contiguous_format), torch.empty_like(w)
+
+    def setup_context(ctx, inputs, output):
+        normed, w, _, _, cos, sin, tables, *ctx.arguments = inputs
+        out, lse, rotated = output
+        ctx.save_for_backward(normed, w, rotated, out, lse, cos, sin, tables)
+
+    def autograd_backward(ctx, grad_out, grad_lse, grad_rotated):
+        grad_normed, grad_w = backward_op(grad_out.contiguous(), *ctx.saved_tensors, *ctx.arguments)
+        return grad_normed, grad_w, *([None] * 11)
+
+    forward_op.register_autograd(autograd_backward, setup_context=setup_context)
+
+
 def resolve_linear_kernel(requested: str, device: torch.device, cuda_graphs: bool) -> str:
     """"quack" or "torch" for `config.linear_kernel` on this CUDA device (the caller checks the model's conditions).
 
@@ -463,6 +567,8 @@ def _keep_attention_outputs(graph: torch.fx.GraphModule, joint_inputs: Any) -> t
     if _flash_attn_4_state:
         ops |= {torch.ops.clinical_modernbert.fa4_varlen_fwd.default,
                 torch.ops.clinical_modernbert.fa4_rotary_varlen_fwd.default}
+    if _quack_rope is not None:
+        ops.add(torch.ops.clinical_modernbert.rope_qkv_attention.default)
     for node in graph.graph.nodes:
         if node.op == "call_function" and (node.target in ops or _is_local_attention_kernel(node)):
             # banned from recomputation: its outputs are saved (a kernel launch returns them through getitem nodes)
@@ -769,6 +875,8 @@ class AttentionContext:
     linear_kernel: str = "torch"  # the layers' GEMMs on the fused varlen path in training: "quack" or "torch"
     # set: local layers of the fused varlen path run `local_attention`'s Triton kernels over these windows
     local_bounds: torch.Tensor | None = None
+    # set: RoPE in Wqkv's GEMM (`rope_qkv_attention`); layer type -> (float positions, quack's frequency table)
+    rope_gemm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     padding: DocumentPadding | None = None  # built lazily by the padded backends
     masks: dict | None = None
 
@@ -919,21 +1027,29 @@ if triton is not None:
     @triton.jit
     def _rotary_kernel(src_ptr, dst_ptr, cos_ptr, sin_ptr, total, src_stride, dst_stride, trig_stride,
                        HEADS: tl.constexpr, QK_P2: tl.constexpr, V_P2: tl.constexpr, HALF: tl.constexpr,
-                       INVERSE: tl.constexpr, COPY_V: tl.constexpr, BLOCK: tl.constexpr):
+                       INVERSE: tl.constexpr, COPY_V: tl.constexpr, PAIRS: tl.constexpr, BLOCK: tl.constexpr):
         """BLOCK tokens of `(total, 3, HEADS, 2 * HALF)` rows: every q and k head rotated (INVERSE: by the
-        transpose) with the token's cos/sin loaded once, and v copied (COPY_V). `dst` may be `src`: each element
-        is read, then written, by the same thread."""
+        transpose) with the token's cos/sin loaded once, and v copied (COPY_V). PAIRS: q and k heads hold
+        rotate_half's pairs side by side (`pair_rows`). `dst` may be `src`: each element is read before it is
+        written (by the same thread; PAIRS: a barrier)."""
         tokens = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = tokens < total
         rows = tokens.to(tl.int64)
         rows3 = rows[:, None, None]
         head = tl.arange(0, QK_P2)[None, :, None]  # q heads, then k heads (padded to a power of two)
         half = tl.arange(0, HALF)[None, None, :]
-        mask = valid[:, None, None] & (head < 2 * HEADS) & (half < HALF)
-        offset = head * (2 * HALF) + half
-        src = src_ptr + rows3 * src_stride + offset
-        a = tl.load(src, mask=mask).to(tl.float32)
-        b = tl.load(src + HALF, mask=mask).to(tl.float32)
+        if PAIRS:  # whole heads, loaded contiguously, then split into the pairs' first and second elements
+            column = tl.arange(0, 2 * HALF)[None, None, :]
+            mask = valid[:, None, None] & (head < 2 * HEADS) & (column < 2 * HALF)
+            offset = head * (2 * HALF) + column
+            pairs = tl.load(src_ptr + rows3 * src_stride + offset, mask=mask).to(tl.float32)
+            a, b = tl.split(tl.reshape(pairs, (BLOCK, QK_P2, HALF, 2)))
+        else:
+            mask = valid[:, None, None] & (head < 2 * HEADS) & (half < HALF)
+            offset = head * (2 * HALF) + half
+            src = src_ptr + rows3 * src_stride + offset
+            a = tl.load(src, mask=mask).to(tl.float32)
+            b = tl.load(src + HALF, mask=mask).to(tl.float32)
         trig = rows3 * trig_stride + half
         trig_mask = valid[:, None, None] & (half < HALF)
         cos1 = tl.load(cos_ptr + trig, mask=trig_mask).to(tl.float32)
@@ -947,8 +1063,13 @@ if triton is not None:
             y1 = a * cos1 - b * sin1
             y2 = b * cos2 + a * sin2
         dst = dst_ptr + rows3 * dst_stride + offset
-        tl.store(dst, y1.to(dst_ptr.dtype.element_ty), mask=mask)
-        tl.store(dst + HALF, y2.to(dst_ptr.dtype.element_ty), mask=mask)
+        if PAIRS:
+            tl.debug_barrier()  # in place: every element read before any is written (the split moves them)
+            tl.store(dst, tl.reshape(tl.join(y1, y2), (BLOCK, QK_P2, 2 * HALF)).to(dst_ptr.dtype.element_ty),
+                     mask=mask)
+        else:
+            tl.store(dst, y1.to(dst_ptr.dtype.element_ty), mask=mask)
+            tl.store(dst + HALF, y2.to(dst_ptr.dtype.element_ty), mask=mask)
         if COPY_V:
             column = tl.arange(0, V_P2)[None, :]
             v_mask = valid[:, None] & (column < HEADS * 2 * HALF)
@@ -1022,10 +1143,14 @@ if triton is not None:
 
     @triton.jit
     def _store_head_unrotated(ptr, cos_ptr, sin_ptr, rows, valid, row_stride, trig_stride, column, grad,
-                              BLOCK: tl.constexpr, HALF: tl.constexpr):
+                              BLOCK: tl.constexpr, HALF: tl.constexpr, PAIRS: tl.constexpr):
         """`grad`, a gradient of rotated q or k `(BLOCK, 2 * HALF)` (fp32), turned into the gradient of the unrotated
-        one (RoPE's transpose) and stored."""
-        first, second = tl.split(tl.permute(tl.reshape(grad, (BLOCK, 2, HALF)), (0, 2, 1)))
+        one (RoPE's transpose) and stored. PAIRS: the head holds rotate_half's pairs side by side (`pair_rows`), in
+        `grad` and in what is stored."""
+        if PAIRS:
+            first, second = tl.split(tl.reshape(grad, (BLOCK, HALF, 2)))
+        else:
+            first, second = tl.split(tl.permute(tl.reshape(grad, (BLOCK, 2, HALF)), (0, 2, 1)))
         half = tl.arange(0, HALF)[None, :]
         rows64 = rows.to(tl.int64)[:, None]
         trig = rows64 * trig_stride + half
@@ -1033,9 +1158,15 @@ if triton is not None:
         cos2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
         sin1 = tl.load(sin_ptr + trig).to(tl.float32)
         sin2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
-        out = ptr + rows64 * row_stride + column + half
-        tl.store(out, (first * cos1 + second * sin2).to(ptr.dtype.element_ty), mask=valid[:, None])
-        tl.store(out + HALF, (second * cos2 - first * sin1).to(ptr.dtype.element_ty), mask=valid[:, None])
+        first, second = first * cos1 + second * sin2, second * cos2 - first * sin1
+        if PAIRS:
+            out = ptr + rows64 * row_stride + column + tl.arange(0, 2 * HALF)[None, :]
+            tl.store(out, tl.reshape(tl.join(first, second), (BLOCK, 2 * HALF)).to(ptr.dtype.element_ty),
+                     mask=valid[:, None])
+        else:
+            out = ptr + rows64 * row_stride + column + half
+            tl.store(out, first.to(ptr.dtype.element_ty), mask=valid[:, None])
+            tl.store(out + HALF, second.to(ptr.dtype.element_ty), mask=valid[:, None])
 
     @triton.jit
     def _local_attention_fwd_kernel(qkv_ptr, bounds_ptr, out_ptr, lse_ptr, total, qkv_stride, out_stride,
@@ -1076,7 +1207,7 @@ if triton is not None:
                                        delta_ptr, grad_qkv_ptr, total, qkv_stride, out_stride, grad_out_stride,
                                        grad_stride, trig_stride, QK_SCALE: tl.constexpr, SCALE: tl.constexpr,
                                        HEADS: tl.constexpr, DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                                       BLOCK_N: tl.constexpr):
+                                       BLOCK_N: tl.constexpr, PAIRS: tl.constexpr):
         """Backward by query block: `delta = rowsum(dO * O)` (stored for the key kernel), then dq over the window's
         keys, written unrotated into the gradient of the unrotated qkv."""
         head = tl.program_id(1)
@@ -1101,13 +1232,14 @@ if triton is not None:
             ds = p * (tl.dot(grad_out, tl.trans(v)) - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
         _store_head_unrotated(grad_qkv_ptr, cos_ptr, sin_ptr, rows, valid, grad_stride, trig_stride, head * DIM,
-                              dq * SCALE, BLOCK_M, DIM // 2)
+                              dq * SCALE, BLOCK_M, DIM // 2, PAIRS)
 
     @triton.jit
     def _local_attention_bwd_dkdv_kernel(qkv_ptr, bounds_ptr, cos_ptr, sin_ptr, grad_out_ptr, lse_ptr, delta_ptr,
                                          grad_qkv_ptr, total, qkv_stride, grad_out_stride, grad_stride, trig_stride,
                                          QK_SCALE: tl.constexpr, SCALE: tl.constexpr, HEADS: tl.constexpr,
-                                         DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                                         DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                         PAIRS: tl.constexpr):
         """Backward by key block: dk (written unrotated) and dv over the queries whose windows hold these keys."""
         head = tl.program_id(1)
         key_valid, key_rows = _block_rows(tl.program_id(0) * BLOCK_N, total, BLOCK_N)
@@ -1131,7 +1263,7 @@ if triton is not None:
             ds = p * (tl.dot(v, tl.trans(grad_out)) - delta[None, :])
             dk += tl.dot(ds.to(q.dtype), q)
         _store_head_unrotated(grad_qkv_ptr, cos_ptr, sin_ptr, key_rows, key_valid, grad_stride, trig_stride,
-                              (HEADS + head) * DIM, dk * SCALE, BLOCK_N, DIM // 2)
+                              (HEADS + head) * DIM, dk * SCALE, BLOCK_N, DIM // 2, PAIRS)
         tl.store(grad_qkv_ptr + key_rows.to(tl.int64)[:, None] * grad_stride + (2 * HEADS + head) * DIM
                  + tl.arange(0, DIM)[None, :], dv.to(grad_qkv_ptr.dtype.element_ty), mask=key_valid[:, None])
 
@@ -1160,14 +1292,15 @@ def _rows_of_heads(x: torch.Tensor) -> bool:
 
 
 def rotate_qk(src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dst: torch.Tensor,
-              inverse: bool = False, copy_v: bool | None = None, traced: bool = False) -> None:
+              inverse: bool = False, copy_v: bool | None = None, traced: bool = False, pairs: bool = False) -> None:
     """`dst` = `(total, 3, heads, head_dim)` `src` with RoPE applied to its q and k parts (`dst` may be `src`).
 
     `inverse=True` applies the transpose, which turns gradients of rotated q and k into gradients of unrotated ones.
     `cos`, `sin`: `(total, 1, head_dim)`. The arithmetic is `apply_rotary`'s, in fp32 (float64 for float64). One
     Triton kernel on CUDA, which reads and writes each element once; torch code elsewhere. `copy_v`: copy the v part
     too (default: when `dst` is not `src`). `traced`: launch through `torch.library.wrap_triton`, as the body of a
-    `triton_op` must (tensors there may be fake, so `copy_v` must then be given).
+    `triton_op` must (tensors there may be fake, so `copy_v` must then be given). `pairs`: each q and k head holds
+    rotate_half's pairs side by side, `(x_0, x_half, x_1, x_half+1, ...)` (`pair_rows`), in `src` and `dst`.
     """
     total, _, heads, head_dim = src.shape
     if copy_v is None:
@@ -1181,17 +1314,19 @@ def rotate_qk(src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dst: torc
         if _launch_triton("rotary", lambda: kernel[(triton.cdiv(total, block),)](
             src, dst, cos, sin, total, src.stride(0), dst.stride(0), cos.stride(0), HEADS=heads,
             QK_P2=triton.next_power_of_2(2 * heads), V_P2=triton.next_power_of_2(heads * head_dim),
-            HALF=head_dim // 2, INVERSE=inverse, COPY_V=copy_v, BLOCK=block, num_warps=4,
+            HALF=head_dim // 2, INVERSE=inverse, COPY_V=copy_v, PAIRS=pairs, BLOCK=block, num_warps=4,
         )):
             return
     dtype = torch.promote_types(src.dtype, torch.float32)
-    x1, x2 = src[:, :2].to(dtype).chunk(2, dim=-1)
+    qk = src[:, :2].to(dtype)
+    x1, x2 = (qk[..., 0::2], qk[..., 1::2]) if pairs else qk.chunk(2, dim=-1)
     cos1, cos2 = cos[:, None].to(dtype).chunk(2, dim=-1)
     sin1, sin2 = sin[:, None].to(dtype).chunk(2, dim=-1)
     if inverse:
-        rotated = torch.cat((x1 * cos1 + x2 * sin2, x2 * cos2 - x1 * sin1), dim=-1)
+        y1, y2 = x1 * cos1 + x2 * sin2, x2 * cos2 - x1 * sin1
     else:
-        rotated = torch.cat((x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2), dim=-1)
+        y1, y2 = x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
+    rotated = torch.stack((y1, y2), dim=-1).flatten(-2) if pairs else torch.cat((y1, y2), dim=-1)
     if copy_v:
         dst[:, 2] = src[:, 2]
     dst[:, :2] = rotated.to(dst.dtype)
@@ -1317,11 +1452,11 @@ _LOCAL_ATTENTION_TILES = {"forward": (64, 64, 4, 3), "dq": (64, 64, 4, 2), "dkdv
 _LOCAL_ATTENTION_HEAD_DIMS = (32, 64)  # the kernels' tiles hold a whole head (ModernBERT's: 64)
 
 
-def local_attention_fits(qkv: torch.Tensor, cos: torch.Tensor) -> bool:
+def local_attention_fits(qkv: torch.Tensor, cos: torch.Tensor | None = None) -> bool:
     """Whether the local-attention kernels run on this `(total, 3, heads, head_dim)` qkv (else torch code does)."""
     return (triton is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16) and qkv.dim() == 4
             and qkv.shape[1] == 3 and _rows_of_heads(qkv) and qkv.shape[-1] in _LOCAL_ATTENTION_HEAD_DIMS
-            and cos.stride(-1) == 1)
+            and (cos is None or cos.stride(-1) == 1))
 
 
 def local_attention_bounds(cu_seqlens: torch.Tensor, total: int, window: int) -> torch.Tensor:
@@ -1355,15 +1490,23 @@ def _local_attention_chunks(rotated: torch.Tensor, bounds: torch.Tensor, window:
 
 def _local_attention_forward(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor,
                              window: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    total, _, heads, head_dim = qkv.shape
     rotated = torch.empty_like(qkv, memory_format=torch.contiguous_format)  # saved for backward instead of qkv
-    out = qkv.new_empty((total, heads, head_dim))
+    if qkv.shape[0]:
+        rotate_qk(qkv, cos, sin, rotated, copy_v=True, traced=True)
+    return *_local_attention_rotated(rotated, bounds, window, scale), rotated
+
+
+def _local_attention_rotated(rotated: torch.Tensor, bounds: torch.Tensor, window: int,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local attention's output and lse over contiguous `(total, 3, heads, head_dim)` qkv with RoPE applied (the
+    head layout does not matter: q.k is the same under any permutation q and k share)."""
+    total, _, heads, head_dim = rotated.shape
+    out = rotated.new_empty((total, heads, head_dim))
     # log2 of the sum of exp2(scaled scores * log2(e)); fp32 (float64 for float64 inputs)
-    lse = qkv.new_empty((heads, total), dtype=torch.promote_types(qkv.dtype, torch.float32))
+    lse = rotated.new_empty((heads, total), dtype=torch.promote_types(rotated.dtype, torch.float32))
     if total == 0:
-        return out, lse, rotated
-    rotate_qk(qkv, cos, sin, rotated, copy_v=True, traced=True)
-    if local_attention_fits(qkv, cos):
+        return out, lse
+    if local_attention_fits(rotated):
         block_m, block_n, warps, stages = _LOCAL_ATTENTION_TILES["forward"]
         if _launch_triton("local_attention", lambda: torch.library.wrap_triton(_local_attention_fwd_kernel)[
             (triton.cdiv(total, block_m), heads)
@@ -1371,18 +1514,26 @@ def _local_attention_forward(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Te
             rotated, bounds, out, lse, total, rotated.stride(0), out.stride(0), QK_SCALE=scale * _LOG2E,
             HEADS=heads, DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
         )):
-            return out, lse, rotated
+            return out, lse
     for start, end, lo, scores, _, _, v in _local_attention_chunks(rotated, bounds, window, scale):
         chunk_lse = torch.logsumexp(scores, dim=-1)  # (heads, queries)
         probs = torch.exp(scores - chunk_lse[..., None])
         out[start:end] = torch.einsum("hqk,khd->qhd", probs, v[lo:lo + probs.shape[-1]]).to(out.dtype)
         lse[:, start:end] = chunk_lse * _LOG2E
-    return out, lse, rotated
+    return out, lse
 
 
 def _local_attention_backward(grad_out: torch.Tensor, rotated: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                               cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor, window: int,
                               scale: float) -> torch.Tensor:
+    return _local_attention_unrotated_grad(grad_out, rotated, out, lse, cos, sin, bounds, window, scale)
+
+
+def _local_attention_unrotated_grad(grad_out: torch.Tensor, rotated: torch.Tensor, out: torch.Tensor,
+                                    lse: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor,
+                                    window: int, scale: float, pairs: bool = False) -> torch.Tensor:
+    """The gradient of the unrotated qkv, shaped like `rotated` (`pairs`: whose q and k heads hold rotate_half's
+    pairs side by side, as the gradient then does too)."""
     total, _, heads, head_dim = rotated.shape
     grad_qkv = torch.empty_like(rotated, memory_format=torch.contiguous_format)
     if total == 0:
@@ -1397,13 +1548,13 @@ def _local_attention_backward(grad_out: torch.Tensor, rotated: torch.Tensor, out
             torch.library.wrap_triton(_local_attention_bwd_dq_kernel)[(triton.cdiv(total, block_m), heads)](
                 rotated, bounds, cos, sin, out, grad_out, lse, delta, grad_qkv, total, rotated.stride(0),
                 out.stride(0), grad_out.stride(0), grad_qkv.stride(0), cos.stride(0),
-                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, PAIRS=pairs, **common,
             )
             block_m, block_n, warps, stages = _LOCAL_ATTENTION_TILES["dkdv"]
             torch.library.wrap_triton(_local_attention_bwd_dkdv_kernel)[(triton.cdiv(total, block_n), heads)](
                 rotated, bounds, cos, sin, grad_out, lse, delta, grad_qkv, total, rotated.stride(0),
                 grad_out.stride(0), grad_qkv.stride(0), cos.stride(0),
-                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **common,
+                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, PAIRS=pairs, **common,
             )
 
         if _launch_triton("local_attention_backward", launch):
@@ -1420,7 +1571,7 @@ def _local_attention_backward(grad_out: torch.Tensor, rotated: torch.Tensor, out
         grad[start:end, 0] += torch.einsum("hqk,khd->qhd", grad_scores, k[lo:hi])
         grad[lo:hi, 1] += torch.einsum("hqk,qhd->khd", grad_scores, q[start:end])
         grad[lo:hi, 2] += torch.einsum("hqk,qhd->khd", probs, grad_out[start:end])
-    rotate_qk(grad, cos, sin, grad, inverse=True, copy_v=False)  # gradients of the unrotated q and k
+    rotate_qk(grad, cos, sin, grad, inverse=True, copy_v=False, pairs=pairs)  # gradients of the unrotated q and k
     grad_qkv.copy_(grad)
     return grad_qkv
 
@@ -1506,6 +1657,7 @@ class ClinicalModernBertRotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.base = base
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        self._gemm_frequencies: dict[tuple, torch.Tensor] = {}
 
     def _inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device) / self.head_dim
@@ -1515,6 +1667,15 @@ class ClinicalModernBertRotaryEmbedding(nn.Module):
         freqs = position_ids[:, None].float() * self.inv_freq.float()  # (total_tokens, head_dim / 2)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # (total_tokens, 1, head_dim)
         return emb.cos(), emb.sin()
+
+    def gemm_frequencies(self, rotated: int, unrotated: int) -> torch.Tensor:
+        """The per-column frequency table of quack's RoPE epilogue (`rope_posfreq_epi`) for `rotated` columns of
+        `pair_rows` heads, then `unrotated` ones (v). Made once per device (needs quack-kernels)."""
+        key = (self.inv_freq.device, rotated, unrotated)
+        if key not in self._gemm_frequencies:
+            self._gemm_frequencies[key] = _quack_rope.make_interleaved_inv_freq(
+                self.inv_freq.double(), rotated, unrotated).to(self.inv_freq.device)
+        return self._gemm_frequencies[key]
 
 
 class ClinicalModernBertEmbeddings(nn.Module):
@@ -1628,7 +1789,8 @@ def _output_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Te
 def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str,
                         rows: torch.Tensor | None = None, cu_seqlens_rows: torch.Tensor | None = None,
-                        local_bounds: torch.Tensor | None = None, linear_kernel: str = "torch") -> torch.Tensor:
+                        local_bounds: torch.Tensor | None = None, linear_kernel: str = "torch",
+                        rope_gemm: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """A whole layer around a varlen attention op, one compiled graph.
 
     `torch.nn.attention.varlen` and our FlashAttention-4 wrappers are torch custom ops, so dynamo traces the layer
@@ -1636,8 +1798,9 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     gradients go straight into `Wqkv`'s backward. In training with FA4, RoPE runs inside the op instead (see
     `fa4_rotary_varlen_fwd`). `kernel="local"` (a local layer) runs `local_attention` over `local_bounds`, RoPE
     inside, instead of the varlen kernel. `linear_kernel="quack"` runs the projections and MLP on quack's GEMMs
-    (`_quack_linear`, `_mlp_residual`). One graph per layer also means one Python call per layer and direction,
-    which keeps the GPU fed.
+    (`_quack_linear`, `_mlp_residual`); with `rope_gemm` (float positions and quack's frequency table) as well,
+    `Wqkv`, RoPE and attention are one op, RoPE in the GEMM's epilogue (`rope_qkv_attention`). One graph per layer
+    also means one Python call per layer and direction, which keeps the GPU fed.
 
     With `rows` (a global layer), only those tokens query: keys and values come from every token, and the output
     projection, residuals and MLP run on `rows` alone, which are returned.
@@ -1646,8 +1809,32 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
     # Unlike GeGLU's Wi, Wqkv stays one matmul: three (`split_linear`) saved 1.5 GiB at train-1024 but ran 1.5%
     # slower (`bench/results/2026-11-26f-h100/split_matmuls_ab/`).
     normed = layer.attn_norm(hidden_states)
-    qkv = attn.Wqkv(normed) if linear_kernel != "quack" else _quack_linear(attn.Wqkv, normed, hidden_states.dtype)
-    qkv = qkv.view(-1, 3, attn.num_heads, attn.head_dim)
+    # Wqkv, RoPE (in the GEMM's epilogue) and attention as one op, `rope_qkv_attention`
+    if rope_gemm is not None and rows is None and _plain_linear(attn.Wqkv) and kernel in ("local", "flash-attn-4"):
+        dtype = hidden_states.dtype
+        out = torch.ops.clinical_modernbert.rope_qkv_attention(
+            normed.to(dtype), pair_rows(attn.Wqkv.weight.to(dtype), attn.head_dim), *rope_gemm, cos, sin,
+            local_bounds if kernel == "local" else cu_seqlens, max_seqlen, attn.scale, *attn.window_size,
+            attn.deterministic, kernel == "local")[0]
+    else:
+        qkv = attn.Wqkv(normed) if linear_kernel != "quack" else _quack_linear(attn.Wqkv, normed, hidden_states.dtype)
+        out, hidden_states = _attention_block(attn, qkv.view(-1, 3, attn.num_heads, attn.head_dim), hidden_states,
+                                              cos, sin, cu_seqlens, max_seqlen, kernel, rows, cu_seqlens_rows,
+                                              local_bounds)
+    out = out.reshape(out.shape[0], -1)
+    if linear_kernel == "quack":  # the residual added in the GEMM's epilogue (attention dropout is off here)
+        hidden_states = _quack_linear(attn.Wo, out, hidden_states.dtype, residual=hidden_states)
+    else:
+        hidden_states = hidden_states + attn.out_drop(attn.Wo(out))
+    return _mlp_residual(layer, hidden_states, linear_kernel)
+
+
+def _attention_block(attn: ClinicalModernBertAttention, qkv: torch.Tensor, hidden_states: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, kernel: str,
+                     rows: torch.Tensor | None, cu_seqlens_rows: torch.Tensor | None,
+                     local_bounds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_varlen_layer_block`'s attention from the `(total, 3, heads, head_dim)` Wqkv output: RoPE, then the kernel.
+    Returns the attention output and the residual stream (`rows`: the queries' rows alone)."""
     if kernel == "local":  # RoPE inside the op
         out = local_attention(qkv, cos, sin, local_bounds, attn.local_window, attn.scale)
     elif kernel == "flash-attn-4" and rows is None and torch.is_grad_enabled():  # RoPE inside the op (see there)
@@ -1667,12 +1854,7 @@ def _varlen_layer_block(layer: ClinicalModernBertEncoderLayer, hidden_states: to
             q = apply_rotary(q.index_select(0, rows), cos.index_select(0, rows), sin.index_select(0, rows))
             hidden_states = hidden_states.index_select(0, rows)
         out = _varlen_attn(kernel, q, k, v, cu_seqlens, max_seqlen, attn, cu_seqlens_rows)
-    out = out.reshape(out.shape[0], -1)
-    if linear_kernel == "quack":  # the residual added in the GEMM's epilogue (attention dropout is off here)
-        hidden_states = _quack_linear(attn.Wo, out, hidden_states.dtype, residual=hidden_states)
-    else:
-        hidden_states = hidden_states + attn.out_drop(attn.Wo(out))
-    return _mlp_residual(layer, hidden_states, linear_kernel)
+    return out, hidden_states
 
 
 def _plain_linear(module: nn.Module) -> bool:
@@ -1715,9 +1897,11 @@ def _embedding_block(embeddings: ClinicalModernBertEmbeddings, input_ids: torch.
 
 
 def _batch_tables(rotary_emb: nn.ModuleDict, positions: torch.Tensor, cu_seqlens: torch.Tensor,
-                  local_window: int | None) -> tuple[torch.Tensor, ...]:
+                  local_window: int | None,
+                  gemm_frequencies: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
     """What every layer reads about the batch: `cu_seqlens`, then (cos, sin) per RoPE of `rotary_emb`, then, given
-    `local_window`, the local-attention window table (`local_attention_bounds`).
+    `local_window`, the local-attention window table (`local_attention_bounds`), then, given `gemm_frequencies`
+    (one per RoPE), the float positions and a copy of each table for RoPE in the GEMM (`rope_qkv_attention`).
 
     Under CUDA graphs this runs as a graph of its own, so that its outputs live in the graphs' memory pool and each
     layer's graph reads them in place. Made eagerly, they were inputs from outside the pool, which every layer's
@@ -1729,6 +1913,9 @@ def _batch_tables(rotary_emb: nn.ModuleDict, positions: torch.Tensor, cu_seqlens
         tables.extend(rope(positions))
     if local_window is not None:
         tables.append(local_attention_bounds(cu_seqlens, positions.shape[0], local_window))
+    if gemm_frequencies is not None:
+        tables.append(positions.float())
+        tables.extend(frequencies.clone() for frequencies in gemm_frequencies)
     return tuple(tables)
 
 
@@ -1758,12 +1945,13 @@ class ClinicalModernBertEncoderLayer(nn.Module):
                 cu_seqlens_rows = torch.searchsorted(rows, ctx.cu_seqlens.to(rows.dtype)).to(torch.int32)
                 return block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel, rows,
                              cu_seqlens_rows, linear_kernel=linear_kernel)
+            rope_gemm = None if ctx.rope_gemm is None else ctx.rope_gemm[self.attn.layer_type]
             if ctx.local_bounds is not None and self.attn.local_window is not None:
                 hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, "local",
-                                      local_bounds=ctx.local_bounds, linear_kernel=linear_kernel)
+                                      local_bounds=ctx.local_bounds, linear_kernel=linear_kernel, rope_gemm=rope_gemm)
             else:
                 hidden_states = block(self, hidden_states, cos, sin, ctx.cu_seqlens, ctx.max_seqlen, ctx.varlen_kernel,
-                                      linear_kernel=linear_kernel)
+                                      linear_kernel=linear_kernel, rope_gemm=rope_gemm)
         else:
             # The attention kernel runs eagerly; the blocks around it may be compiled (see `maybe_compiled`).
             qkv = maybe_compiled(_qkv_block, ctx.compile, cuda_graphs=ctx.cuda_graphs)(
@@ -1866,6 +2054,10 @@ def _check_inputs(
 
 class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
     """The encoder. Accepts padded rows, rows that pack several documents, or fully packed input with `cu_seqlens`."""
+
+    # Training on quack's GEMMs rotates q and k in Wqkv's GEMM where it can (`rope_qkv_attention`); False keeps RoPE
+    # in the attention ops (the benchmark's A/B, `bench.bench`'s ours-varlen-graphs-rope-pass).
+    rope_in_gemm = True
 
     def __init__(self, config: ClinicalModernBertConfig) -> None:
         super().__init__(config)
@@ -1975,12 +2167,23 @@ class ClinicalModernBertModel(ClinicalModernBertPreTrainedModel):
             ctx.linear_kernel = resolve_linear_kernel(self.config.linear_kernel, hidden_states.device, cuda_graphs)
         local_kernels = (ctx.fused_varlen and self.config.local_attention_kernel == "auto" and triton is not None
                          and self.config.head_dim in _LOCAL_ATTENTION_HEAD_DIMS)  # fp16/bf16 holds (varlen_possible)
+        # RoPE in Wqkv's GEMM: training with quack's GEMMs, where this quack release has the epilogue
+        rope_gemm = (ctx.linear_kernel == "quack" and _quack_rope is not None and self.rope_in_gemm
+                     and self.config.head_dim % 2 == 0)
+        frequencies = None
+        if rope_gemm:
+            hidden = self.config.hidden_size
+            frequencies = tuple(rope.gemm_frequencies(2 * hidden, hidden) for rope in self.rotary_emb.values())
         tables = maybe_compiled(_batch_tables, cuda_graphs, cuda_graphs=True)(
-            self.rotary_emb, positions, cu_seqlens, self.config.local_window if local_kernels else None)
+            self.rotary_emb, positions, cu_seqlens, self.config.local_window if local_kernels else None, frequencies)
         ctx.cu_seqlens, *rope = tables[: 1 + 2 * len(self.rotary_emb)]
         ctx.rope = {name: (rope[2 * i], rope[2 * i + 1]) for i, name in enumerate(self.rotary_emb)}
+        extra = list(tables[1 + 2 * len(self.rotary_emb):])
         if local_kernels:
-            ctx.local_bounds = tables[-1]
+            ctx.local_bounds = extra.pop(0)
+        if rope_gemm:
+            float_positions = extra.pop(0)
+            ctx.rope_gemm = {name: (float_positions, extra[i]) for i, name in enumerate(self.rotary_emb)}
         if varlen_possible:
             _log_once(f"Clinical ModernBERT varlen attention: {VARLEN_KERNEL_NAMES[ctx.varlen_kernel]}"
                       + (", compiled with each layer" if ctx.fused_varlen else "")

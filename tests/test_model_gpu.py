@@ -432,6 +432,28 @@ def test_triton_local_attention_kernels_match_the_torch_code(dtype, head_dim):
     for part in range(3):  # dq, dk, dv
         error = (grad[:, part].cpu().float() - expected[:, part].float()).norm()
         assert error <= 2e-2 * expected[:, part].float().norm(), part
+    # q and k heads in `pair_rows` order (RoPE in Wqkv's GEMM, `rope_qkv_attention`): forward on the paired qkv,
+    # and the kernels' gradient, and `rotate_qk`'s inverse in place, in that order
+    order = torch.arange(head_dim, device="cuda").view(2, head_dim // 2).t().reshape(-1)  # paired = x[..., order]
+    unpaired = torch.argsort(order)  # x = paired[..., unpaired]
+    paired = rotated.clone()
+    paired[:, :2] = rotated[:, :2, :, order]
+    paired_out, paired_lse = modeling._local_attention_rotated(paired, bounds, *settings)
+    assert (paired_out - out).float().norm() <= 1e-2 * out.float().norm()
+    paired_grad = modeling._local_attention_unrotated_grad(grad_out, paired, out, lse, cos, sin, bounds, *settings,
+                                                           pairs=True)
+    rotated_grad = torch.randn_like(rotated)
+    unrotated = rotated_grad[:, :, :, order].clone()
+    modeling.rotate_qk(unrotated, cos, sin, unrotated, inverse=True, pairs=True)
+    expected_unrotated = rotated_grad.cpu().clone()
+    modeling.rotate_qk(expected_unrotated, *cpu[:2], expected_unrotated, inverse=True)
+    assert not modeling._triton_failed
+    for part in range(2):
+        error = (paired_grad[:, part, :, unpaired].cpu().float() - expected[:, part].float()).norm()
+        assert error <= 2e-2 * expected[:, part].float().norm(), part
+        error = (unrotated[:, part, :, unpaired].cpu().float() - expected_unrotated[:, part].float()).norm()
+        assert error <= 1e-2 * expected_unrotated[:, part].float().norm(), part
+    assert (paired_grad[:, 2] - grad[:, 2]).float().norm() <= 1e-2 * grad[:, 2].float().norm()
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -469,10 +491,17 @@ def test_quack_gemms_train_like_cublas(cuda_graphs):
     # with cuda_graphs, the first step warms up, the second records the graphs and the third replays them
     first, recorded, replayed = (training_step(model, inputs, cpu, linear_kernel="quack") for _ in range(3))
     assert not modeling._compile_failed
-    for op in ("clinical_modernbert::geglu_mlp", "clinical_modernbert::quack_linear"):
+    ops = ["clinical_modernbert::geglu_mlp", "clinical_modernbert::quack_linear"]
+    if modeling._quack_rope is not None:  # RoPE in Wqkv's GEMM (quack-kernels >= 0.6.5: quack.epilogue.rotary)
+        ops.append("clinical_modernbert::rope_qkv_attention")
+    for op in ops:
         assert op in first[2] and op not in cublas[2]
     for quack in (first, recorded, replayed):
         assert_trains_alike(quack, cublas)
+    model.model.rope_in_gemm = False  # RoPE in the attention ops, after quack's plain GEMM for Wqkv
+    rope_pass = training_step(model, inputs, cpu, linear_kernel="quack")
+    assert "clinical_modernbert::rope_qkv_attention" not in rope_pass[2] and ops[1] in rope_pass[2]
+    assert_trains_alike(rope_pass, cublas)
 
 
 def test_quack_gemms_at_the_masked_tokens_only_train_like_cublas():

@@ -405,6 +405,87 @@ def test_interleave_halves_pairs_each_input_row_with_its_gate_row():
     assert torch.equal(interleaved.view(3, 2, 4).transpose(0, 1).reshape(6, 4), weight)
 
 
+def test_pair_rows_puts_each_heads_rotation_pairs_side_by_side():
+    """`pair_rows` reorders each q and k head's rows `0, half, 1, half + 1, ...` and leaves v's; `rotate_qk` with
+    `pairs=True` on that layout is `rotate_qk` in the same order, forward and inverse, for any tables."""
+    weight = torch.arange(24)[:, None].expand(24, 3)  # q, k and v of 2 heads of head_dim 4
+    paired = modeling.pair_rows(weight, head_dim=4)
+    assert paired[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15, *range(16, 24)]
+    assert torch.equal(paired[:, 1], paired[:, 0])
+    order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])  # head_dim 8
+    generator = torch.Generator().manual_seed(7)
+    qkv = torch.randn(7, 3, 2, 8, generator=generator)
+    cos, sin = torch.randn(7, 1, 8, generator=generator), torch.randn(7, 1, 8, generator=generator)
+    paired_qkv = qkv.clone()
+    paired_qkv[:, :2] = qkv[:, :2, :, order]
+    for inverse in (False, True):
+        expected, got = torch.empty_like(qkv), torch.empty_like(qkv)
+        modeling.rotate_qk(qkv, cos, sin, expected, inverse=inverse)
+        modeling.rotate_qk(paired_qkv, cos, sin, got, inverse=inverse, pairs=True)
+        assert torch.allclose(got[:, :2], expected[:, :2, :, order], atol=1e-6)
+        assert torch.equal(got[:, 2], qkv[:, 2])
+
+
+class TorchRopeEpilogue:
+    """The two functions of `quack.epilogue.rotary` that `rope_qkv_attention` calls, in float64 torch: quack's
+    frequency table (per rotated column pair, inv_freq / 2pi in turns as a (hi, lo) float32 pair, one head's
+    pattern repeated, then zeros for the columns left unrotated) and the GEMM whose epilogue rotates adjacent output
+    columns by each row's position times that frequency."""
+
+    @staticmethod
+    def make_interleaved_inv_freq(inv_freq, rotary_n, nonrotary_n=0):
+        turns = inv_freq.double() / (2 * torch.pi)
+        hi = turns.float()
+        head = torch.stack((hi, (turns - hi.double()).float()), dim=-1).reshape(-1)
+        return F.pad(head.repeat(rotary_n // head.numel()), (0, nonrotary_n))
+
+    @staticmethod
+    def rope_posfreq_epi(a, b, tuned=True, pos=None, freq=None):
+        assert a.is_contiguous() and not tuned
+        acc = a.double() @ b.double()
+        angle = 2 * torch.pi * pos.double()[:, None] * (freq[0::2].double() + freq[1::2].double())
+        x1, x2 = acc[:, 0::2], acc[:, 1::2]
+        rotated = torch.stack((x1 * angle.cos() - x2 * angle.sin(), x1 * angle.sin() + x2 * angle.cos()), dim=-1)
+        return {"D": rotated.flatten(1).to(a.dtype)}
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["local", "global"])
+def test_rope_qkv_attention_op_is_wqkv_then_rope_then_attention(reference_op, local):
+    """`rope_qkv_attention` (training on quack's GEMMs: RoPE in Wqkv's epilogue, weight rows in `pair_rows` order)
+    over torch stand-ins for quack's epilogue and FA4, against `Wqkv`, `apply_rotary` and dense attention:
+    forward, and autograd's gradients of the input and of the weight in its own row order; and torch's op
+    checks."""
+    modeling._register_rope_qkv_attention_op(TorchRopeEpilogue, namespace=NAMESPACE)
+    op = getattr(torch.ops, NAMESPACE).rope_qkv_attention
+    lengths, heads, head_dim = [13, 1, 3, 30], 2, 8
+    hidden, total = heads * head_dim, sum(lengths)
+    generator = torch.Generator().manual_seed(21)
+    normed = torch.randn(total, hidden, generator=generator, requires_grad=True)
+    weight = (torch.randn(3 * hidden, hidden, generator=generator) * hidden**-0.5).requires_grad_()
+    positions = [p for n in lengths for p in range(n)]
+    rope = modeling.ClinicalModernBertRotaryEmbedding(head_dim, 10000.0)
+    cos, sin = rope(torch.tensor(positions))
+    frequencies = TorchRopeEpilogue.make_interleaved_inv_freq(rope.inv_freq, 2 * hidden, hidden)
+    cu_seqlens = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+    window = 4 if local else -1
+    tables = modeling.local_attention_bounds(cu_seqlens, total, window) if local else cu_seqlens
+    args = (torch.tensor(positions, dtype=torch.float32), frequencies, cos, sin, tables, max(lengths), 8**-0.5,
+            window, window, False, local)
+    out, lse, rotated = op(normed, modeling.pair_rows(weight, head_dim), *args)
+    q, k, v = (normed @ weight.t()).view(total, 3, heads, head_dim).unbind(1)
+    expected = dense_attention(modeling.apply_rotary(q, cos, sin), modeling.apply_rotary(k, cos, sin), v,
+                               cu_seqlens, window)
+    assert out.shape == (total, heads, head_dim) and torch.allclose(out, expected, atol=1e-5)
+    assert rotated.shape == (total, 3, heads, head_dim) and torch.allclose(rotated[:, 2], v)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (normed, weight), grad_out)
+    expected_grads = torch.autograd.grad(expected, (normed, weight), grad_out)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected_grad, atol=1e-4), (grad - expected_grad).abs().max()
+    if local:
+        torch.library.opcheck(op, (normed.detach().requires_grad_(), weight.detach().requires_grad_(), *args))
+
+
 def test_quack_missing_or_incomplete_means_the_torch_mlp(monkeypatch, caplog):
     """Without quack-kernels, or a release without what the MLP calls, `linear_kernel="auto"` is the torch MLP and
     `"quack"` is a clear error; with quack, "auto" takes it only under CUDA graphs."""
