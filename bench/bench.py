@@ -107,6 +107,7 @@ class ModelSpec:
     description: str
     backend: str  # ours: config.attention_backend; transformers: attn_implementation
     overrides: dict = field(default_factory=dict)  # config fields
+    attributes: dict = field(default_factory=dict)  # ours: attributes of the encoder (e.g. rope_in_gemm)
     kinds: tuple[str, ...] = ("train", "infer")
     devices: tuple[str, ...] = ("cuda", "cpu")
 
@@ -121,6 +122,10 @@ MODELS: dict[str, ModelSpec] = {
     "ours-varlen-graphs-cublas": ModelSpec("ours", "ours-varlen-graphs with the MLP on cuBLAS and the geglu op "
                                               "(linear_kernel='torch') instead of quack's fused GEMMs",
                                               "flash_attention_2", {"cuda_graphs": True, "linear_kernel": "torch"},
+                                              devices=("cuda",)),
+    "ours-varlen-graphs-rope-pass": ModelSpec("ours", "ours-varlen-graphs with RoPE in the attention ops (a pass "
+                                              "over qkv) instead of Wqkv's GEMM epilogue (rope_in_gemm=False)",
+                                              "flash_attention_2", {"cuda_graphs": True}, {"rope_in_gemm": False},
                                               devices=("cuda",)),
     "ours-sdpa": ModelSpec("ours", "unpadded MLPs, per-document padded sdpa attention", "sdpa"),
     "ours-eager": ModelSpec("ours", "unpadded MLPs, reference eager attention", "eager"),
@@ -203,6 +208,10 @@ def build_model(spec: ModelSpec, config: ClinicalModernBertConfig, kind: str, we
     if spec.family == "ours":
         model = build_ours(config, kind, {"attention_backend": spec.backend, **spec.overrides, **ours_overrides},
                            device)
+        for name, value in spec.attributes.items():
+            if not hasattr(model.base_model, name):
+                raise ValueError(f"{type(model.base_model).__name__} has no attribute {name!r}")
+            setattr(model.base_model, name, value)
     else:
         model = build_transformers(config, kind, spec.backend, spec.overrides, device)
     if kind == "infer":  # the encoder alone: drop the head and the "model." prefix
@@ -408,6 +417,8 @@ def run_config(name: str, spec: ModelSpec, geometry: str, config: ClinicalModern
     try:
         model = build_model(spec, config, shape.kind, weights, settings.device, settings.ours_overrides)
         result["model_config"] = {key: getattr(model.config, key, None) for key in RECORDED_CONFIG_FIELDS[spec.family]}
+        if spec.family == "ours":
+            result["model_config"]["rope_in_gemm"] = model.base_model.rope_in_gemm
         step = make_step(model, spec, shape.kind, batch, settings.device, settings.dtype)
         probe.reset_peak()
         first_step_s, first_loss, times = time_steps(step, settings.warmup, settings.steps, settings.device)

@@ -26,10 +26,14 @@ from bench.data import build_batch, sample_document_lengths  # noqa: E402
 from train.profiling import STEP_NAME, format_timelines, kernel_summary, load_trace, step_timelines  # noqa: E402
 
 
-def make_step(overrides: dict, geometry: str, shape_name: str):
+def make_step(overrides: dict, geometry: str, shape_name: str, attributes: dict | None = None):
     shape = SHAPES["cuda"][shape_name]
     config = geometry_config(geometry)
     model = build_ours(config, "train", {"attention_backend": "flash_attention_2", **overrides}, torch.device("cuda"))
+    for name, value in (attributes or {}).items():  # of the encoder, e.g. rope_in_gemm=false
+        if not hasattr(model.base_model, name):
+            raise SystemExit(f"{type(model.base_model).__name__} has no attribute {name!r}")
+        setattr(model.base_model, name, value)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     lengths = sample_document_lengths(shape.rows, shape.seq_len, shape.padding, seed=0)
@@ -65,15 +69,19 @@ def main() -> None:
     parser.add_argument("--geometry", default="base")
     parser.add_argument("--shape", default="train-1024")
     parser.add_argument("--ours-config", type=_parse_override, action="append", default=[])
+    parser.add_argument("--encoder-attribute", type=_parse_override, action="append", default=[], metavar="KEY=VALUE",
+                        help="an attribute of the encoder for the profiled step (e.g. rope_in_gemm=false)")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="skip the step times with compile_layers off and on; profile only")
     parser.add_argument("--top", type=int, default=20, help="how many of the costliest kernels to list")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--trace", type=Path, help="also write a Chrome trace (.json or .json.gz) of the profiled "
                         "steps, CPU side included, and print their timelines (see bench/timeline.py)")
     args = parser.parse_args()
-    overrides = dict(args.ours_config)
+    overrides, attributes = dict(args.ours_config), dict(args.encoder_attribute)
 
-    report = {"geometry": args.geometry, "shape": args.shape, "step_ms": {}}
-    for mode in ("off", "on"):
+    report = {"geometry": args.geometry, "shape": args.shape, "step_ms": {}, "encoder_attributes": attributes}
+    for mode in () if args.profile_only else ("off", "on"):
         step, tokens = make_step({**overrides, "compile_layers": mode}, args.geometry, args.shape)
         ms = time_step(step)
         report["step_ms"][f"compile_layers={mode}"] = ms
@@ -81,8 +89,9 @@ def main() -> None:
         del step
         torch.cuda.empty_cache()
 
-    step, tokens = make_step({"compile_layers": "on", **overrides}, args.geometry, args.shape)
-    time_step(step, warmup=5, steps=1)
+    step, tokens = make_step({"compile_layers": "on", **overrides}, args.geometry, args.shape, attributes)
+    ms = time_step(step, warmup=5, steps=10)
+    print(f"profiled configuration: {ms:.1f} ms/step, {tokens / ms * 1e3:,.0f} real tokens/s")
     steps = 3
     activities = [torch.profiler.ProfilerActivity.CUDA]
     if args.trace:  # the CPU side too: which launch each kernel waited for (bench.timeline)
