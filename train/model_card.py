@@ -89,7 +89,7 @@ def render_model_card(info: ModelCardInfo, repo_id: str = "<your-org>/clinical-m
         ("On a GPU in bf16/fp16 the model runs unpadded varlen FlashAttention with no extra package (torch >= 2.10). "
          "On Hopper and Blackwell GPUs, `pip install flash-attn-4` (nothing to compile) switches it to "
          "FlashAttention-4 (`config.varlen_kernel`), and training with `cuda_graphs=True` then runs the layers' "
-         "GEMMs on its `quack-kernels`, GeGLU and residuals fused into them (`config.linear_kernel`)."),
+         "GEMMs on its `quack-kernels`, with GeGLU, the residuals and RoPE fused into them (`config.linear_kernel`)."),
         "",
         "## Training details",
         "",
