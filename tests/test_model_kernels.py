@@ -7,6 +7,7 @@ autograd and the fake tensors torch.compile traces with) is checked on every CI 
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 
@@ -582,5 +583,15 @@ def test_quack_path_keeps_wrapped_linears_and_their_adapters():
     assert torch.equal(modeling._quack_linear(wo, x, torch.float32, residual=hidden), hidden + wo(x))
     expected = hidden + layer.mlp(layer.mlp_norm(hidden), split_matmuls=True)
     assert torch.equal(modeling._mlp_residual(layer, hidden, "quack"), expected)
+    # the whole local layer, RoPE in the GEMM asked for: the wrapped Wqkv keeps RoPE in the attention op
+    assert layer.attn.local_window is not None
+    cu_seqlens = torch.tensor([0, 6, 10], dtype=torch.int32)
+    positions = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    cos, sin = model.rotary_emb["sliding_attention"](positions)
+    bounds = modeling.local_attention_bounds(cu_seqlens, 10, layer.attn.local_window)
+    block = functools.partial(modeling._varlen_layer_block, layer, hidden, cos, sin, cu_seqlens, 6, "local",
+                              local_bounds=bounds)
+    rope_gemm = (positions.float(), torch.zeros(3 * model.config.hidden_size))
+    assert torch.equal(block(linear_kernel="quack", rope_gemm=rope_gemm), block(linear_kernel="torch"))
     assert modeling._plain_linear(torch.nn.Linear(4, 4, bias=False))
     assert not modeling._plain_linear(torch.nn.Linear(4, 4))  # a bias: cuBLAS
