@@ -83,7 +83,8 @@ _FLASH_ATTN_4_ARGS = {
                         "dq", "dk", "dv"),
 }
 _flash_attn_4_state: bool | None = None  # None: not tried yet
-# namespace -> (forward, backward): the FA4 calls behind our ops, for ops that run attention inside a larger op
+# namespace -> (forward over rotated qkv, backward to the unrotated qkv's gradient): FA4 for ops that run attention
+# inside a larger op (`rope_qkv_attention`)
 _FA4_KERNELS: dict[str, tuple[Any, Any]] = {}
 
 
@@ -150,7 +151,6 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
         )[:3]
         return dq, dk, dv
 
-    _FA4_KERNELS[namespace] = (forward, backward)
     arguments = ("Tensor cu_seqlens_q, Tensor cu_seqlens_k, SymInt max_seqlen_q, SymInt max_seqlen_k, float scale, "
                  "int window_left, int window_right, bool deterministic")
     forward_op = torch.library.custom_op(
@@ -187,21 +187,28 @@ def _register_flash_attn_4_ops(interface: Any, namespace: str = "clinical_modern
     # head_dim)` buffer and turns dq and dk into gradients of the unrotated projection in place: that buffer is the
     # Wqkv output's gradient as it stands. RoPE outside the op made that gradient with one more pass, which stacked
     # three tensors and ran at 60% of memory bandwidth (130 against about 55 us per layer at train-1024).
+    def rotated_forward(rotated, cu_seqlens, max_seqlen, scale, window_left, window_right, deterministic):
+        """(output, lse) over a `(total, 3, heads, head_dim)` qkv with RoPE applied."""
+        out, lse = forward(*rotated.unbind(1), cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale, window_left,
+                           window_right, deterministic)
+        return out.contiguous(), lse
+
     def rotary_forward(qkv, cos, sin, cu_seqlens, max_seqlen, scale, window_left, window_right, deterministic):
         rotated = torch.empty_like(qkv, memory_format=torch.contiguous_format)
         rotate_qk(qkv, cos, sin, rotated)
-        q, k, v = rotated.unbind(1)
-        out, lse = forward(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale, window_left,
-                           window_right, deterministic)
-        return out.contiguous(), lse, rotated
+        out, lse = rotated_forward(rotated, cu_seqlens, max_seqlen, scale, window_left, window_right, deterministic)
+        return out, lse, rotated
 
     def rotary_backward(grad_out, rotated, out, lse, cos, sin, cu_seqlens, max_seqlen, scale, window_left,
-                        window_right, deterministic):
+                        window_right, deterministic, pairs=False):
+        """The unrotated qkv's gradient (`pairs`: q and k heads in `pair_rows` order, as in `rotated`)."""
         grad_qkv = torch.empty_like(rotated)
         backward(grad_out, *rotated.unbind(1), out, lse, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale,
                  window_left, window_right, deterministic, *grad_qkv.unbind(1))
-        rotate_qk(grad_qkv, cos, sin, grad_qkv, inverse=True)
+        rotate_qk(grad_qkv, cos, sin, grad_qkv, inverse=True, pairs=pairs)
         return grad_qkv
+
+    _FA4_KERNELS[namespace] = (rotated_forward, rotary_backward)
 
     settings = ("Tensor cu_seqlens, SymInt max_seqlen, float scale, int window_left, int window_right, "
                 "bool deterministic")
@@ -257,7 +264,7 @@ def quack_gemms_available() -> bool:
     """True when `quack-kernels` imports with the GEMMs the layers call, and our exact-GELU GeGLU and the ops over
     them (`clinical_modernbert::quack_linear`, `geglu_mlp`) are registered (tried once; imports the CuTe DSL
     compiler)."""
-    global _quack_state
+    global _quack_state, _quack_rope
     if _quack_state is None:
         _quack_state = False
         if importlib.util.find_spec("quack") is None:
@@ -280,7 +287,6 @@ def quack_gemms_available() -> bool:
         _register_quack_geglu(activation, gemm_interface, cute, const_expr, dsl_user_op)
         _register_quack_ops(gemm_interface, modules["quack.gemm_config"].GemmConfig(**_QUACK_DGATED_CONFIG_SM90))
         _quack_state = True
-        global _quack_rope
         try:
             rotary = importlib.import_module("quack.epilogue.rotary")
         except Exception:  # an older release: RoPE stays in the attention ops
@@ -459,22 +465,18 @@ def _register_rope_qkv_attention_op(rotary: Any, namespace: str = "clinical_mode
         if local:
             out, lse = _local_attention_rotated(rotated, tables, window_left, scale)
         else:
-            out, lse = _FA4_KERNELS[namespace][0](
-                *rotated.unbind(1), tables, tables, max_seqlen, max_seqlen, scale, window_left, window_right,
-                deterministic)
-        return out.contiguous(), lse, rotated
+            out, lse = _FA4_KERNELS[namespace][0](rotated, tables, max_seqlen, scale, window_left, window_right,
+                                                  deterministic)
+        return out, lse, rotated
 
     def backward(grad_out, normed, w, rotated, out, lse, cos, sin, tables, max_seqlen, scale, window_left,
                  window_right, deterministic, local):
         if local:
-            grad = _local_attention_unrotated_grad(grad_out, rotated, out, lse, cos, sin, tables, window_left, scale,
-                                                   pairs=True)
+            grad = _local_attention_backward(grad_out, rotated, out, lse, cos, sin, tables, window_left, scale,
+                                             pairs=True)
         else:
-            grad = torch.empty_like(rotated)
-            _FA4_KERNELS[namespace][1](
-                grad_out, *rotated.unbind(1), out, lse, tables, tables, max_seqlen, max_seqlen, scale, window_left,
-                window_right, deterministic, *grad.unbind(1))
-            rotate_qk(grad, cos, sin, grad, inverse=True, pairs=True)
+            grad = _FA4_KERNELS[namespace][1](grad_out, rotated, out, lse, cos, sin, tables, max_seqlen, scale,
+                                              window_left, window_right, deterministic, pairs=True)
         grad = grad.view(grad.shape[0], -1)
         return grad @ w, grad.t() @ normed
 
@@ -1524,14 +1526,8 @@ def _local_attention_rotated(rotated: torch.Tensor, bounds: torch.Tensor, window
 
 
 def _local_attention_backward(grad_out: torch.Tensor, rotated: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                              cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor, window: int,
-                              scale: float) -> torch.Tensor:
-    return _local_attention_unrotated_grad(grad_out, rotated, out, lse, cos, sin, bounds, window, scale)
-
-
-def _local_attention_unrotated_grad(grad_out: torch.Tensor, rotated: torch.Tensor, out: torch.Tensor,
-                                    lse: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor,
-                                    window: int, scale: float, pairs: bool = False) -> torch.Tensor:
+                              cos: torch.Tensor, sin: torch.Tensor, bounds: torch.Tensor, window: int, scale: float,
+                              pairs: bool = False) -> torch.Tensor:
     """The gradient of the unrotated qkv, shaped like `rotated` (`pairs`: whose q and k heads hold rotate_half's
     pairs side by side, as the gradient then does too)."""
     total, _, heads, head_dim = rotated.shape

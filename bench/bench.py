@@ -178,16 +178,22 @@ def with_overrides(config: ClinicalModernBertConfig, overrides: dict[str, Any]) 
     return config
 
 
-def build_ours(config: ClinicalModernBertConfig, kind: str, overrides: dict[str, Any],
-               device: torch.device) -> torch.nn.Module:
+def build_ours(config: ClinicalModernBertConfig, kind: str, overrides: dict[str, Any], device: torch.device,
+               attributes: dict[str, Any] | None = None) -> torch.nn.Module:
     """THE place our model is built: the masked-LM model for training, the encoder for inference.
 
-    `overrides` carries the backend and any speed options (e.g. `compile_layers`, `mlm_loss_chunk_size`).
+    `overrides` carries the backend and any speed options (e.g. `compile_layers`, `mlm_loss_chunk_size`);
+    `attributes` are set on the encoder (e.g. `rope_in_gemm`).
     """
     config = with_overrides(config, overrides)
     model_class = ClinicalModernBertForMaskedLM if kind == "train" else ClinicalModernBertModel
     with torch.device(device):
-        return model_class(config)
+        model = model_class(config)
+    for name, value in (attributes or {}).items():
+        if not hasattr(model.base_model, name):
+            raise ValueError(f"{type(model.base_model).__name__} has no attribute {name!r}")
+        setattr(model.base_model, name, value)
+    return model
 
 
 def build_transformers(config: ClinicalModernBertConfig, kind: str, attn_implementation: str,
@@ -207,11 +213,7 @@ def build_model(spec: ModelSpec, config: ClinicalModernBertConfig, kind: str, we
     """Build one benchmarked model and load the shared weights into it (strictly: same parameters everywhere)."""
     if spec.family == "ours":
         model = build_ours(config, kind, {"attention_backend": spec.backend, **spec.overrides, **ours_overrides},
-                           device)
-        for name, value in spec.attributes.items():
-            if not hasattr(model.base_model, name):
-                raise ValueError(f"{type(model.base_model).__name__} has no attribute {name!r}")
-            setattr(model.base_model, name, value)
+                           device, spec.attributes)
     else:
         model = build_transformers(config, kind, spec.backend, spec.overrides, device)
     if kind == "infer":  # the encoder alone: drop the head and the "model." prefix

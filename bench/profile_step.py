@@ -29,11 +29,8 @@ from train.profiling import STEP_NAME, format_timelines, kernel_summary, load_tr
 def make_step(overrides: dict, geometry: str, shape_name: str, attributes: dict | None = None):
     shape = SHAPES["cuda"][shape_name]
     config = geometry_config(geometry)
-    model = build_ours(config, "train", {"attention_backend": "flash_attention_2", **overrides}, torch.device("cuda"))
-    for name, value in (attributes or {}).items():  # of the encoder, e.g. rope_in_gemm=false
-        if not hasattr(model.base_model, name):
-            raise SystemExit(f"{type(model.base_model).__name__} has no attribute {name!r}")
-        setattr(model.base_model, name, value)
+    model = build_ours(config, "train", {"attention_backend": "flash_attention_2", **overrides}, torch.device("cuda"),
+                       attributes)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     lengths = sample_document_lengths(shape.rows, shape.seq_len, shape.padding, seed=0)

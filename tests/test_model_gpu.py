@@ -440,8 +440,8 @@ def test_triton_local_attention_kernels_match_the_torch_code(dtype, head_dim):
     paired[:, :2] = rotated[:, :2, :, order]
     paired_out, paired_lse = modeling._local_attention_rotated(paired, bounds, *settings)
     assert (paired_out - out).float().norm() <= 1e-2 * out.float().norm()
-    paired_grad = modeling._local_attention_unrotated_grad(grad_out, paired, out, lse, cos, sin, bounds, *settings,
-                                                           pairs=True)
+    paired_grad = modeling._local_attention_backward(grad_out, paired, out, lse, cos, sin, bounds, *settings,
+                                                     pairs=True)
     rotated_grad = torch.randn_like(rotated)
     unrotated = rotated_grad[:, :, :, order].clone()
     modeling.rotate_qk(unrotated, cos, sin, unrotated, inverse=True, pairs=True)
